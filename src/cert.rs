@@ -1,0 +1,1 @@
+//! Client certificate (PEM) to JWK + x5c. Owned by the cert helper.
