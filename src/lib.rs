@@ -6,8 +6,17 @@
 //! directives, the response hook and the failure policy. `filter` is the thin
 //! proxy-wasm glue, compiled only for `wasm32`.
 
+pub mod backoff;
 pub mod cert;
 pub mod config;
+pub mod debug;
+pub mod decision;
+pub mod failure;
+pub mod json;
+pub mod reply;
+pub mod request;
+pub mod response_hook;
+pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

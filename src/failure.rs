@@ -1,0 +1,241 @@
+//! The failure policy: every way a sideband exchange or the response hook's
+//! upstream call can fail, the response the client gets, and the log line.
+//!
+//! Fail closed: each variant ends in a deliberate client response; none lets
+//! the request through. Status codes follow the Lua plugin 1.2.0 except where
+//! it had a bug (ping-auth-behaviour.md §5 [REC]): an unreachable policy
+//! provider is 502 (Lua 1.1.0+ answered 500 by accident), malformed replies are
+//! 502 (Lua crashed into 500), and a 429 never breaks later requests.
+
+use crate::reply::Reply;
+
+/// Severity of a log line, mapped to the host's log levels by the glue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Which sideband call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `/sideband/request`
+    Request,
+    /// `/sideband/response`
+    Response,
+}
+
+impl Call {
+    pub fn path(self) -> &'static str {
+        match self {
+            Call::Request => "request",
+            Call::Response => "response",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The host could not complete the call (no `:status`): connection
+    /// refused, timeout, TLS handshake, DNS. `detail` is `:dispatch_status` or
+    /// the synchronous dispatch error.
+    Unreachable {
+        call: Call,
+        target: String,
+        detail: String,
+    },
+    /// The reply body is not JSON (any status but 429).
+    NotJson {
+        call: Call,
+        status: u16,
+        error: String,
+    },
+    /// 4xx other than 413 and 429, e.g. 401 for a wrong shared secret.
+    Rejected {
+        call: Call,
+        status: u16,
+        message: String,
+        id: String,
+    },
+    /// 413 from the policy provider: relayed with its JSON body.
+    TooLarge {
+        call: Call,
+        body: Vec<u8>,
+        message: String,
+        id: String,
+    },
+    /// 5xx from the policy provider.
+    ServerError {
+        call: Call,
+        status: u16,
+        message: String,
+        id: String,
+    },
+    /// 429 from the policy provider, or its back-off still running.
+    RateLimited {
+        retry_after_secs: u64,
+        from_provider: bool,
+    },
+    /// A 2xx reply whose content cannot be applied.
+    Malformed { call: Call, what: String },
+    /// The policy asked for a request-body change, which this host can only
+    /// apply through the response hook's own upstream call.
+    BodyChangeUnsupported,
+    /// The response hook found no upstream to call.
+    NoUpstream { what: String },
+    /// The response hook's upstream call failed.
+    UpstreamFailed { target: String, detail: String },
+    /// The upstream's response body is larger than `max_response_body_bytes`.
+    UpstreamTooLarge { size: usize, limit: usize },
+    /// The host refused an operation the filter needs.
+    Host { what: String },
+}
+
+const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+
+impl Failure {
+    /// The response the client gets.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Failure::TooLarge { body, .. } => Reply {
+                status: 413,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.clone(),
+            },
+            Failure::RateLimited {
+                retry_after_secs, ..
+            } => {
+                let secs = (*retry_after_secs).max(1);
+                let unit = if secs == 1 { "second" } else { "seconds" };
+                Reply {
+                    status: 429,
+                    headers: vec![
+                        ("content-type".into(), "application/json".into()),
+                        ("retry-after".into(), secs.to_string()),
+                    ],
+                    body: format!(
+                        "{{\"code\":\"{LIMIT_EXCEEDED}\",\"message\":\"The request exceeded the allowed rate limit. Please try after {secs} {unit}.\"}}"
+                    )
+                    .into_bytes(),
+                }
+            }
+            Failure::UpstreamFailed { detail, .. } if detail == "timeout" => Reply::empty(504),
+            Failure::NoUpstream { .. } | Failure::Host { .. } => Reply::empty(500),
+            _ => Reply::empty(502),
+        }
+    }
+
+    /// The log line (level and message). Never contains the shared secret.
+    pub fn log(&self) -> (Level, String) {
+        match self {
+            Failure::Unreachable { call, target, detail } => (
+                Level::Error,
+                format!("Failed to send sideband {} to {target}: {detail}", call.path()),
+            ),
+            Failure::NotJson { call, status, error } => (
+                Level::Error,
+                format!(
+                    "Unable to parse JSON body returned from policy provider (sideband {}, status {status}). Error: {error}",
+                    call.path()
+                ),
+            ),
+            Failure::Rejected { call, status, message, id } => (
+                Level::Warn,
+                format!(
+                    "Sideband {} denied with status code {status}: {message} ({id})",
+                    call.path()
+                ),
+            ),
+            Failure::TooLarge { call, message, id, .. } => (
+                Level::Warn,
+                format!(
+                    "Sideband {} denied with status code 413: {message} ({id})",
+                    call.path()
+                ),
+            ),
+            Failure::ServerError { call, status, message, id } => (
+                Level::Error,
+                format!(
+                    "Sideband {} failed with status code {status}: {message} ({id})",
+                    call.path()
+                ),
+            ),
+            Failure::RateLimited { retry_after_secs, from_provider } => (
+                Level::Warn,
+                if *from_provider {
+                    format!("Policy provider answered 429; pausing sideband calls of this filter for {retry_after_secs} s")
+                } else {
+                    format!("Sideband calls paused after a 429 from the policy provider; {retry_after_secs} s remaining")
+                },
+            ),
+            Failure::Malformed { call, what } => (
+                Level::Error,
+                format!("Invalid sideband {} reply from policy provider: {what}", call.path()),
+            ),
+            Failure::BodyChangeUnsupported => (
+                Level::Error,
+                "The policy provider changed the request body, which Kong's Wasm host cannot apply \
+                 to a request it proxies itself; set enable_response_hook to true to apply body changes"
+                    .into(),
+            ),
+            Failure::NoUpstream { what } => (
+                Level::Error,
+                format!("Response hook cannot determine the upstream: {what}"),
+            ),
+            Failure::UpstreamFailed { target, detail } => (
+                Level::Error,
+                format!("Upstream call to {target} failed: {detail}"),
+            ),
+            Failure::UpstreamTooLarge { size, limit } => (
+                Level::Error,
+                format!(
+                    "Upstream response body of {size} bytes exceeds max_response_body_bytes ({limit}); answering 502"
+                ),
+            ),
+            Failure::Host { what } => (Level::Error, format!("Host error: {what}")),
+        }
+    }
+}
+
+/// Reads `message` and `id` from a JSON error body, `nil` when absent (as the
+/// Lua plugin prints them).
+pub fn message_and_id(body: &serde_json::Value) -> (String, String) {
+    let field = |k: &str| match body.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "nil".to_string(),
+    };
+    (field("message"), field("id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let u = Failure::Unreachable {
+            call: Call::Request,
+            target: "pdp:8443".into(),
+            detail: "timeout".into(),
+        };
+        assert_eq!(u.reply().status, 502);
+        let t = Failure::UpstreamFailed {
+            target: "up:80".into(),
+            detail: "timeout".into(),
+        };
+        assert_eq!(t.reply().status, 504);
+        let r = Failure::RateLimited {
+            retry_after_secs: 5,
+            from_provider: true,
+        }
+        .reply();
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), Some("5"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "LIMIT_EXCEEDED");
+        assert!(v["message"].as_str().unwrap().contains("5 seconds"));
+    }
+}

@@ -1,0 +1,119 @@
+//! Small, panic-free wrappers over host calls.
+//!
+//! The SDK's `get_*_headers_bytes` helpers `unwrap()` each header name as
+//! UTF-8, which would trap the instance (and every request of the worker) on
+//! one odd byte; [`header_map`] reads the same map with bounds checks instead.
+
+use crate::failure::Level;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MapType, Status};
+
+pub use proxy_wasm::types::MapType as Map;
+
+#[allow(unsafe_code)]
+mod raw {
+    use proxy_wasm::types::{MapType, Status};
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> Status;
+    }
+
+    /// The serialized map the host returns, owned by us.
+    pub fn header_map_bytes(map_type: MapType) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer to `size` bytes it allocated with
+        // this module's `proxy_on_memory_allocate` (a `Vec<u8>` allocation of
+        // exactly `size` bytes), whose ownership passes to us.
+        unsafe {
+            match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
+                Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A header map as `(name, value)` pairs, names as text (lossy), values raw.
+/// A malformed map from the host yields the pairs read so far.
+pub fn header_map(map_type: MapType) -> Vec<(String, Vec<u8>)> {
+    let Some(bytes) = raw::header_map_bytes(map_type) else {
+        return Vec::new();
+    };
+    deserialize(&bytes)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at + 4)?;
+    let arr: [u8; 4] = b.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(arr)).ok()
+}
+
+/// Layout: u32 count, count × (u32 name_len, u32 value_len), then each name
+/// and value followed by a NUL.
+fn deserialize(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Some(count) = read_u32(bytes, 0) else {
+        return out;
+    };
+    let mut data = 4usize.saturating_add(count.saturating_mul(8));
+    for i in 0..count {
+        let sizes = 4 + i * 8;
+        let (Some(klen), Some(vlen)) = (read_u32(bytes, sizes), read_u32(bytes, sizes + 4)) else {
+            break;
+        };
+        let Some(key) = bytes.get(data..data.saturating_add(klen)) else {
+            break;
+        };
+        data = data.saturating_add(klen).saturating_add(1);
+        let Some(value) = bytes.get(data..data.saturating_add(vlen)) else {
+            break;
+        };
+        data = data.saturating_add(vlen).saturating_add(1);
+        out.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+    }
+    out
+}
+
+/// First value of a header (case-insensitive) in a map read by [`header_map`].
+pub fn find<'a>(map: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    map.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// A property as bytes; `None` when the host does not have it.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A property as text.
+pub fn property_text(path: &[&str]) -> Option<String> {
+    property(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Sets a property; false when the host refused.
+pub fn set_property(path: &[&str], value: &[u8]) -> bool {
+    hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
+}
+
+/// Writes a log line at the given level.
+pub fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    };
+    let _ = hostcalls::log(level, message);
+}
+
+/// Describes a host status for log lines.
+pub fn status_name(s: Status) -> String {
+    format!("{s:?}")
+}

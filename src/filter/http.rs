@@ -1,0 +1,812 @@
+//! HTTP context: one per request. A small state machine over the host's steps:
+//!
+//! ```text
+//! request headers ──(no body)──────────────┐
+//!        └─(body expected)→ request body ──┤ POST /sideband/request
+//!                                          ▼
+//!                     deny → local reply   allow ─┬─ hook off: apply directives, Kong proxies
+//!                                                 └─ hook on: call the upstream ourselves,
+//!                                                    POST /sideband/response, local reply
+//! ```
+//!
+//! Every failure goes through [`Http::fail`], which answers the client.
+
+use super::host::{self, Map};
+use super::USER_AGENT;
+use crate::backoff::Backoff;
+use crate::cert;
+use crate::config::Config;
+use crate::debug;
+use crate::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
+use crate::failure::{Call, Failure, Level};
+use crate::reply::Reply;
+use crate::request::{self, ClientRequest, Header, MAX_HEADERS};
+use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
+use crate::upstream::{self, Routing, Target};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing decided yet.
+    Start,
+    /// The request has a body; waiting for `on_http_request_body`.
+    AwaitingBody,
+    /// `/sideband/request` in flight.
+    SidebandRequest,
+    /// The response hook's upstream call in flight.
+    Upstream,
+    /// `/sideband/response` in flight.
+    SidebandResponse,
+    /// Allowed; the host proxies the (modified) request.
+    Forwarded,
+    /// The filter answered with a local response.
+    Replied,
+}
+
+pub struct Http {
+    config: Option<Rc<Config>>,
+    backoff: Rc<RefCell<Backoff>>,
+    stage: Stage,
+    token: Option<u32>,
+    /// The request as sent to the policy provider.
+    request: ClientRequest,
+    /// Every request header, raw, for the response hook's upstream call.
+    all_headers: Vec<Header>,
+    /// The raw request target (`$request_uri`).
+    client_target: String,
+    client_host: String,
+    /// The `/sideband/request` payload (sent back as `request` without state).
+    payload: String,
+    directives: Directives,
+    target: Option<Target>,
+    upstream_response: Option<UpstreamResponse>,
+    reply: Option<Reply>,
+    reply_body_written: bool,
+}
+
+impl Http {
+    pub fn new(config: Option<Rc<Config>>, backoff: Rc<RefCell<Backoff>>) -> Self {
+        Http {
+            config,
+            backoff,
+            stage: Stage::Start,
+            token: None,
+            request: ClientRequest::default(),
+            all_headers: Vec::new(),
+            client_target: String::new(),
+            client_host: String::new(),
+            payload: String::new(),
+            directives: Directives::default(),
+            target: None,
+            upstream_response: None,
+            reply: None,
+            reply_body_written: false,
+        }
+    }
+
+    fn debug_enabled(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.enable_debug_logging)
+    }
+
+    /// Logs the failure and answers the client with its response.
+    fn fail(&mut self, failure: Failure) {
+        let (level, message) = failure.log();
+        host::log(level, &message);
+        if let Failure::RateLimited {
+            retry_after_secs,
+            from_provider: true,
+        } = failure
+        {
+            let now = self.get_current_time();
+            self.backoff.borrow_mut().trip(now, retry_after_secs.max(1));
+        }
+        self.send(failure.reply());
+    }
+
+    /// Sends a local response. The host keeps only the last value of a
+    /// repeated header and appends `\n` to a non-empty body; both are put right
+    /// in `on_http_response_headers` and `on_http_response_body`, which the
+    /// host runs for local responses too.
+    fn send(&mut self, reply: Reply) {
+        self.stage = Stage::Replied;
+        self.token = None;
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let body = if reply.body.is_empty() {
+            None
+        } else {
+            Some(reply.body.as_slice())
+        };
+        self.send_http_response(u32::from(reply.status), headers, body);
+        self.reply = Some(reply);
+    }
+
+    /// Reads what the host knows about the client request.
+    fn read_request(&mut self) -> Result<bool, Failure> {
+        let map = host::header_map(Map::HttpRequestHeaders);
+        let pseudo =
+            |name: &str| host::find(&map, name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let method = pseudo(":method").unwrap_or_default();
+        let colon_path = pseudo(":path").unwrap_or_default();
+        self.all_headers = map
+            .iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(n, v)| Header::new(n, v.clone()))
+            .collect();
+        let header =
+            |name: &str| host::find(&map, name).map(|v| String::from_utf8_lossy(v).into_owned());
+        self.client_host = header("host").unwrap_or_default();
+
+        let raw_target =
+            host::property_text(&["request", "path"]).unwrap_or_else(|| colon_path.clone());
+        self.client_target = raw_target.clone();
+        let (raw_path, target_query) = match raw_target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (raw_target.clone(), String::new()),
+        };
+        let raw_query =
+            host::property(&["request", "query"]).unwrap_or_else(|| target_query.into_bytes());
+
+        let scheme = host::property_text(&["kong", "request", "forwarded_scheme"])
+            .or_else(|| host::property_text(&["request", "scheme"]))
+            .or_else(|| pseudo(":scheme"))
+            .unwrap_or_else(|| "http".into())
+            .to_ascii_lowercase();
+        let authority = pseudo(":authority").unwrap_or_default();
+        let host_name = host::property_text(&["kong", "request", "forwarded_host"])
+            .or_else(|| host::property_text(&["ngx", "host"]))
+            .unwrap_or_else(|| strip_port(&self.client_host).to_string())
+            .to_ascii_lowercase();
+        let port = host::property_text(&["kong", "request", "forwarded_port"])
+            .or_else(|| host::property_text(&["ngx", "server_port"]))
+            .or_else(|| authority.rsplit_once(':').map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| {
+                if scheme == "https" {
+                    "443".into()
+                } else {
+                    "80".into()
+                }
+            });
+
+        let (source_ip, source_port) = source();
+        let http_version = host::property_text(&["request", "protocol"])
+            .map(|p| request::http_version_label(&p))
+            .unwrap_or_else(|| "1.1".into());
+
+        let client_certificate = match host::property(&["ngx", "ssl_client_raw_cert"]) {
+            Some(pem) if !pem.is_empty() => match cert::client_certificate_json(&pem) {
+                Ok(json) => Some(json),
+                Err(e) => {
+                    host::log(Level::Error, &e.to_string());
+                    return Err(Failure::Host {
+                        what: "client certificate".into(),
+                    });
+                }
+            },
+            _ => None,
+        };
+
+        let has_body = header("content-length")
+            .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+            .unwrap_or(false)
+            || header("transfer-encoding").is_some();
+
+        self.request = ClientRequest {
+            source_ip,
+            source_port,
+            method,
+            scheme,
+            host: host_name,
+            port,
+            path: request::normalize_path(raw_path.as_bytes()),
+            raw_query,
+            headers: self.all_headers.iter().take(MAX_HEADERS).cloned().collect(),
+            body: None,
+            http_version,
+            client_certificate,
+        };
+        Ok(has_body)
+    }
+
+    /// Posts a payload to `/sideband/<call>`.
+    fn call_sideband(&mut self, call: Call, payload: &str) -> Result<(), Failure> {
+        let Some(config) = self.config.clone() else {
+            return Err(Failure::Host {
+                what: "filter has no configuration".into(),
+            });
+        };
+        let now = self.get_current_time();
+        if let Some(secs) = self.backoff.borrow_mut().remaining(now) {
+            return Err(Failure::RateLimited {
+                retry_after_secs: secs,
+                from_provider: false,
+            });
+        }
+        let url = &config.service_url;
+        let path = url.sideband_path(call.path());
+        let authority = url.authority();
+        let headers: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &path),
+            (":authority", &authority),
+            (":scheme", url.scheme.as_str()),
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+            (&config.secret_header_name, config.shared_secret.expose()),
+        ];
+        if config.enable_debug_logging {
+            let owned: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            let label = match call {
+                Call::Request => "Sending sideband request to policy provider:",
+                Call::Response => "Sending sideband response request to policy provider:",
+            };
+            host::log(
+                Level::Debug,
+                &format!(
+                    "{label}\n{}",
+                    debug::dump_call(
+                        &path,
+                        &owned,
+                        &config.secret_header_name,
+                        payload.as_bytes()
+                    )
+                ),
+            );
+        }
+        let timeout = Duration::from_millis(u64::from(config.connection_timeout_ms));
+        match self.dispatch_http_call(
+            &authority,
+            headers,
+            Some(payload.as_bytes()),
+            vec![],
+            timeout,
+        ) {
+            Ok(token) => {
+                self.token = Some(token);
+                self.stage = match call {
+                    Call::Request => Stage::SidebandRequest,
+                    Call::Response => Stage::SidebandResponse,
+                };
+                Ok(())
+            }
+            Err(status) => Err(Failure::Unreachable {
+                call,
+                target: authority,
+                detail: format!("the host refused the call ({})", host::status_name(status)),
+            }),
+        }
+    }
+
+    fn start_request_call(&mut self) -> Action {
+        self.payload = self.request.payload();
+        let payload = std::mem::take(&mut self.payload);
+        let result = self.call_sideband(Call::Request, &payload);
+        self.payload = payload;
+        if let Err(f) = result {
+            self.fail(f);
+        }
+        Action::Pause
+    }
+
+    fn on_request_reply(&mut self, r: CallResult<'_>) {
+        let target = self
+            .config
+            .as_ref()
+            .map(|c| c.service_url.authority())
+            .unwrap_or_default();
+        let now = self.get_current_time();
+        let outcome = decision::check_reply(Call::Request, &target, r, now)
+            .and_then(|members| decision::interpret(&members, &self.request));
+        match outcome {
+            Err(f) => self.fail(f),
+            Ok(RequestOutcome::Deny(reply)) => {
+                if self.debug_enabled() {
+                    host::log(
+                        Level::Debug,
+                        &format!(
+                            "Request authorization denied by the policy provider, returning status {} to client.",
+                            reply.status
+                        ),
+                    );
+                }
+                self.send(reply);
+            }
+            Ok(RequestOutcome::Allow(d)) => {
+                for w in &d.warnings {
+                    host::log(Level::Warn, w);
+                }
+                if self.debug_enabled() {
+                    for n in &d.notes {
+                        host::log(Level::Debug, n);
+                    }
+                }
+                self.directives = d;
+                let hook = self.config.as_ref().is_some_and(|c| c.enable_response_hook);
+                if hook {
+                    if let Err(f) = self.call_upstream() {
+                        self.fail(f);
+                    }
+                } else {
+                    self.forward();
+                }
+            }
+        }
+    }
+
+    /// Response hook off: apply the directives to the request the host
+    /// proxies. Inside Kong the upstream path, query and Host are Kong's
+    /// `ngx.upstream_uri` / `ngx.upstream_host`.
+    fn forward(&mut self) {
+        let d = self.directives.clone();
+        if d.body.is_some() {
+            self.fail(Failure::BodyChangeUnsupported);
+            return;
+        }
+        for op in &d.header_ops {
+            match op {
+                HeaderOp::Remove(name) if name != "host" => {
+                    self.set_http_request_header(name, None)
+                }
+                HeaderOp::Set(name, values) if name != "host" => {
+                    self.set_http_request_header(name, None);
+                    for v in values {
+                        self.add_http_request_header(name, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = &d.method {
+            self.set_http_request_header(":method", Some(m));
+        }
+        let kong_uri = host::property(&["ngx", "upstream_uri"]);
+        if d.path.is_some() || d.query.is_some() {
+            match &kong_uri {
+                Some(uri) => {
+                    let (new_uri, _) = upstream::rewrite(&String::from_utf8_lossy(uri), "", &d);
+                    if !host::set_property(&["ngx", "upstream_uri"], new_uri.as_bytes()) {
+                        self.fail(Failure::Host {
+                            what: "cannot set ngx.upstream_uri".into(),
+                        });
+                        return;
+                    }
+                }
+                None => {
+                    let current = self.get_http_request_header(":path").unwrap_or_default();
+                    let (new_path, _) = upstream::rewrite(&current, "", &d);
+                    self.set_http_request_header(":path", Some(&new_path));
+                }
+            }
+        }
+        if let Some(h) = &d.host {
+            if kong_uri.is_some() {
+                if !host::set_property(&["ngx", "upstream_host"], h.as_bytes()) {
+                    self.fail(Failure::Host {
+                        what: "cannot set ngx.upstream_host".into(),
+                    });
+                    return;
+                }
+            } else {
+                self.set_http_request_header("host", Some(h));
+            }
+        }
+        self.stage = Stage::Forwarded;
+        self.resume_http_request();
+    }
+
+    /// Response hook on: send the (modified) request to the upstream ourselves.
+    fn call_upstream(&mut self) -> Result<(), Failure> {
+        let Some(config) = self.config.clone() else {
+            return Err(Failure::Host {
+                what: "filter has no configuration".into(),
+            });
+        };
+        let routing = Routing {
+            kong_service: host::property(&["kong", "router", "service"]),
+            upstream_uri: host::property(&["ngx", "upstream_uri"]),
+            upstream_host: host::property(&["ngx", "upstream_host"]),
+            client_target: self.client_target.clone(),
+            client_host: self.client_host.clone(),
+        };
+        let target = upstream::resolve(
+            &routing,
+            config.upstream_url.as_ref(),
+            config.upstream_timeout_ms,
+        )
+        .map_err(|what| Failure::NoUpstream { what })?;
+        let d = &self.directives;
+        let (path, authority) = upstream::rewrite(&target.path, &target.authority, d);
+        let method = d
+            .method
+            .clone()
+            .unwrap_or_else(|| self.request.method.clone());
+        let body = match (&d.body, &self.request.body) {
+            (Some(b), _) => b.clone(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => {
+                return Err(Failure::Host {
+                    what: "the request body was larger than client_body_buffer_size, so the response hook \
+                           cannot forward it; raise nginx_http_client_body_buffer_size"
+                        .into(),
+                })
+            }
+        };
+        let mut headers = self.all_headers.clone();
+        d.apply_headers(&mut headers);
+        headers.retain(|h| {
+            !response_hook::is_hop_by_hop(&h.name) && h.name != "host" && h.name != "content-length"
+        });
+        let forwarded_for = match headers.iter().find(|h| h.name == "x-forwarded-for") {
+            Some(h) => format!(
+                "{}, {}",
+                String::from_utf8_lossy(&h.value),
+                self.request.source_ip
+            ),
+            None => self.request.source_ip.clone(),
+        };
+        headers.retain(|h| !h.name.starts_with("x-forwarded-") && h.name != "x-real-ip");
+        for (name, value) in [
+            ("x-forwarded-for", forwarded_for),
+            ("x-forwarded-proto", self.request.scheme.clone()),
+            ("x-forwarded-host", self.request.host.clone()),
+            ("x-forwarded-port", self.request.port.clone()),
+            ("x-real-ip", self.request.source_ip.clone()),
+        ] {
+            headers.push(Header::new(name, value.into_bytes()));
+        }
+        let mut call_headers: Vec<(&str, &[u8])> = vec![
+            (":method", method.as_bytes()),
+            (":path", path.as_bytes()),
+            (":authority", authority.as_bytes()),
+            (":scheme", target.scheme.as_str().as_bytes()),
+        ];
+        call_headers.extend(
+            headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_slice())),
+        );
+        let timeout = Duration::from_millis(u64::from(target.timeout_ms));
+        let address = target.address.clone();
+        match self.dispatch_http_call_bytes(&address, call_headers, &body, timeout) {
+            Ok(token) => {
+                self.token = Some(token);
+                self.stage = Stage::Upstream;
+                self.target = Some(target);
+                Ok(())
+            }
+            Err(status) => Err(Failure::UpstreamFailed {
+                target: address,
+                detail: format!("the host refused the call ({})", host::status_name(status)),
+            }),
+        }
+    }
+
+    fn dispatch_http_call_bytes(
+        &self,
+        address: &str,
+        headers: Vec<(&str, &[u8])>,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, proxy_wasm::types::Status> {
+        proxy_wasm::hostcalls::dispatch_http_call(
+            address,
+            headers_as_str(&headers),
+            Some(body),
+            vec![],
+            timeout,
+        )
+    }
+
+    fn on_upstream_response(
+        &mut self,
+        status: Option<u16>,
+        dispatch_status: Option<&str>,
+        map: &[(String, Vec<u8>)],
+        body_size: usize,
+    ) {
+        let target = self
+            .target
+            .as_ref()
+            .map(|t| t.address.clone())
+            .unwrap_or_default();
+        let Some(status) = status else {
+            self.fail(Failure::UpstreamFailed {
+                target,
+                detail: dispatch_status
+                    .unwrap_or("no :status in the response")
+                    .to_string(),
+            });
+            return;
+        };
+        let limit = self
+            .config
+            .as_ref()
+            .map_or(0, |c| c.max_response_body_bytes);
+        if body_size > limit {
+            self.fail(Failure::UpstreamTooLarge {
+                size: body_size,
+                limit,
+            });
+            return;
+        }
+        let body = if body_size > 0 {
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let upstream = UpstreamResponse {
+            status,
+            headers: map
+                .iter()
+                .filter(|(n, _)| !n.starts_with(':'))
+                .map(|(n, v)| Header::new(n, v.clone()))
+                .collect(),
+            body,
+        };
+        let d = &self.directives;
+        let method = d
+            .method
+            .clone()
+            .unwrap_or_else(|| self.request.method.clone());
+        let query = match &d.query {
+            Some(q) => request::normalize_query(q.as_bytes()),
+            None => request::normalize_query(&self.request.raw_query),
+        };
+        let r = &self.request;
+        let url = request::url_bytes(&r.scheme, &r.host, &r.port, &r.path, &query);
+        let context = match &d.state {
+            Some(raw) => HookContext::State(raw),
+            None => HookContext::Request(&self.payload),
+        };
+        let payload = response_hook::payload(&method, &url, &upstream, &r.http_version, context);
+        self.upstream_response = Some(upstream);
+        if let Err(f) = self.call_sideband(Call::Response, &payload) {
+            self.fail(f);
+        }
+    }
+
+    fn on_response_reply(&mut self, r: CallResult<'_>) {
+        let target = self
+            .config
+            .as_ref()
+            .map(|c| c.service_url.authority())
+            .unwrap_or_default();
+        let now = self.get_current_time();
+        let upstream = self.upstream_response.take().unwrap_or_default();
+        let outcome = decision::check_reply(Call::Response, &target, r, now)
+            .and_then(|members| response_hook::client_response(&members, &upstream));
+        match outcome {
+            Ok(reply) => self.send(reply),
+            Err(f) => self.fail(f),
+        }
+    }
+}
+
+fn headers_as_str<'a>(headers: &'a [(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a str)> {
+    // The SDK's dispatch takes `&str` values; a value that is not UTF-8 is
+    // sent through its Latin-1 text (see `json`), never dropped silently.
+    headers
+        .iter()
+        .map(|(n, v)| (*n, std::str::from_utf8(v).unwrap_or("")))
+        .collect()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.get(..h.len() + 1).unwrap_or(host));
+    }
+    host.split_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Client address and port: `source.address` may be `ip` (nginx) or
+/// `ip:port` (Envoy); `source.port` may be text (nginx) or a little-endian
+/// integer (Envoy).
+fn source() -> (String, String) {
+    let address = host::property_text(&["source", "address"]).unwrap_or_default();
+    let (mut ip, mut port) = (address.clone(), String::new());
+    if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
+        ip = sa.ip().to_string();
+        port = sa.port().to_string();
+    }
+    if let Some(p) = host::property(&["source", "port"]) {
+        if !p.is_empty() && p.iter().all(u8::is_ascii_digit) {
+            port = String::from_utf8_lossy(&p).into_owned();
+        } else if let Ok(arr) = <[u8; 8]>::try_from(p.as_slice()) {
+            port = u64::from_le_bytes(arr).to_string();
+        }
+    }
+    (ip, port)
+}
+
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.token != Some(token) {
+            return;
+        }
+        self.token = None;
+        let map = host::header_map(Map::HttpCallResponseHeaders);
+        let text =
+            |name: &str| host::find(&map, name).map(|v| String::from_utf8_lossy(v).into_owned());
+        let status = text(":status").and_then(|s| s.trim().parse::<u16>().ok());
+        let dispatch_status = text(":dispatch_status");
+        if self.stage == Stage::Upstream {
+            self.on_upstream_response(status, dispatch_status.as_deref(), &map, body_size);
+            return;
+        }
+        let body = if body_size > 0 {
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if self.debug_enabled() {
+            let headers: Vec<(String, String)> = map
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            host::log(
+                Level::Debug,
+                &format!(
+                    "Received sideband response from policy provider:\n{}",
+                    debug::dump_reply(status, &headers, &body)
+                ),
+            );
+        }
+        let retry_after = text("retry-after");
+        let r = CallResult {
+            status,
+            dispatch_status: dispatch_status.as_deref(),
+            retry_after: retry_after.as_deref(),
+            body: &body,
+        };
+        match self.stage {
+            Stage::SidebandRequest => self.on_request_reply(r),
+            Stage::SidebandResponse => self.on_response_reply(r),
+            _ => {}
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.config.is_none() {
+            self.fail(Failure::Host {
+                what: "filter has no valid configuration".into(),
+            });
+            return Action::Pause;
+        }
+        let has_body = match self.read_request() {
+            Ok(b) => b,
+            Err(_) => {
+                // A client certificate the filter cannot read: 400, as in Lua.
+                self.send(Reply::empty(400));
+                return Action::Pause;
+            }
+        };
+        if has_body {
+            self.stage = Stage::AwaitingBody;
+            return Action::Continue;
+        }
+        self.request.body = Some(Vec::new());
+        self.start_request_call()
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.stage {
+            Stage::AwaitingBody if !end_of_stream => Action::Pause,
+            Stage::AwaitingBody => {
+                let body = if body_size == 0 {
+                    Some(Vec::new())
+                } else {
+                    self.get_http_request_body(0, body_size)
+                };
+                if body.is_none() {
+                    host::log(
+                        Level::Warn,
+                        &format!(
+                            "request body of {body_size} bytes cannot be read (larger than \
+                             client_body_buffer_size); it is not sent to the policy provider"
+                        ),
+                    );
+                }
+                self.request.body = body;
+                self.start_request_call()
+            }
+            Stage::Forwarded if body_size > 0 => {
+                self.fail(Failure::Host {
+                    what: "a request body arrived after the request was authorized without one \
+                           (no Content-Length or Transfer-Encoding); refusing it"
+                        .into(),
+                });
+                Action::Pause
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.stage {
+            Stage::Replied => {
+                let Some(reply) = self.reply.clone() else {
+                    return Action::Continue;
+                };
+                let mut done: Vec<&str> = Vec::new();
+                for (name, _) in &reply.headers {
+                    if done.contains(&name.as_str()) {
+                        continue;
+                    }
+                    done.push(name);
+                    self.set_http_response_header(name, None);
+                    for (_, v) in reply.headers.iter().filter(|(n, _)| n == name) {
+                        self.add_http_response_header(name, v);
+                    }
+                }
+                if reply.header("content-type").is_none() {
+                    self.set_http_response_header("content-type", None);
+                }
+                self.set_http_response_header(
+                    "content-length",
+                    Some(&reply.body.len().to_string()),
+                );
+                Action::Continue
+            }
+            Stage::Forwarded => Action::Continue,
+            _ => {
+                // The host proxied the request without a decision: it had a
+                // Transfer-Encoding but an empty body, and the host skips the
+                // body step for empty bodies. Do not let the response through.
+                host::log(
+                    Level::Error,
+                    "the upstream was called before a policy decision (request announced a body but \
+                     sent none, so the host skipped the body step); answering 502",
+                );
+                let names: Vec<String> = host::header_map(Map::HttpResponseHeaders)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| !n.starts_with(':'))
+                    .collect();
+                for n in names {
+                    self.set_http_response_header(&n, None);
+                }
+                self.send(Reply::empty(502));
+                self.set_http_response_header("content-length", Some("0"));
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.stage == Stage::Replied && body_size > 0 {
+            let body = if self.reply_body_written {
+                Vec::new()
+            } else {
+                self.reply
+                    .as_ref()
+                    .map(|r| r.body.clone())
+                    .unwrap_or_default()
+            };
+            self.reply_body_written = true;
+            self.set_http_response_body(0, body_size, &body);
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,184 @@
+//! A response the filter produces itself (deny, error, or the response hook's
+//! result), and the parsing helpers shared by both sideband replies.
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A complete response for the client, built by the filter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reply {
+    pub status: u16,
+    /// Lower-cased names; a name may repeat (one line per value).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn empty(status: u16) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Headers the filter never copies from a policy reply: the host computes the
+/// framing of the response it sends (Kong ≥ 3.6 also drops a policy's
+/// `Transfer-Encoding`; the Lua plugin let a policy's `Content-Length` override
+/// Kong's, which broke responses whose body the policy changed).
+pub const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding"];
+
+/// Top-level members of a sideband reply, each kept as raw JSON so that `state`
+/// can be passed back byte for byte.
+pub type Members = BTreeMap<String, Box<RawValue>>;
+
+/// Parses a sideband reply body into its top-level members.
+pub fn parse_members(body: &[u8]) -> Result<Members, String> {
+    let value: Box<RawValue> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if !value.get().trim_start().starts_with('{') {
+        return Err("the reply is not a JSON object".into());
+    }
+    serde_json::from_str(value.get()).map_err(|e| e.to_string())
+}
+
+/// A member parsed as a JSON value (`None` when absent).
+pub fn member(members: &Members, name: &str) -> Option<Value> {
+    members
+        .get(name)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+}
+
+/// Flattens a policy `headers` array (`[{"Name":"v"},...]`) into lower-cased
+/// names with their values in order, as the Lua plugin does. Values must be
+/// strings.
+pub fn flatten_headers(value: &Value) -> Result<Vec<(String, Vec<String>)>, String> {
+    let Value::Array(items) = value else {
+        return Err("'headers' is not an array".into());
+    };
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for item in items {
+        let Value::Object(obj) = item else {
+            return Err("an entry of 'headers' is not an object".into());
+        };
+        for (name, v) in obj {
+            let Value::String(v) = v else {
+                return Err(format!("header '{name}' has a non-string value"));
+            };
+            let lname = name.to_ascii_lowercase();
+            if !crate::config::is_token(&lname) {
+                return Err(format!("'{name}' is not a valid header name"));
+            }
+            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(format!("header '{name}' has CR, LF or NUL in its value"));
+            }
+            match out.iter_mut().find(|(n, _)| *n == lname) {
+                Some((_, values)) => values.push(v.clone()),
+                None => out.push((lname, vec![v.clone()])),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A status code given as a string or an integer, 100..=599.
+pub fn status_code(value: Option<&Value>) -> Result<u16, String> {
+    let code = match value {
+        Some(Value::String(s)) => s.trim().parse::<u16>().ok(),
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        None => return Err("'response_code' is missing".into()),
+        Some(_) => None,
+    };
+    match code {
+        Some(c) if (100..=599).contains(&c) => Ok(c),
+        _ => Err(format!(
+            "'response_code' is not a status code from 100 to 599 ({})",
+            value.map(Value::to_string).unwrap_or_default()
+        )),
+    }
+}
+
+/// The `body` of a policy response: a string is sent as is, absent means
+/// empty, an object or array is sent as compact JSON (as Kong's
+/// `response.exit` does); `null` and other types are refused.
+pub fn response_body(value: Option<&Value>) -> Result<(Vec<u8>, bool), String> {
+    match value {
+        None => Ok((Vec::new(), false)),
+        Some(Value::String(s)) => Ok((s.as_bytes().to_vec(), false)),
+        Some(v @ (Value::Object(_) | Value::Array(_))) => Ok((v.to_string().into_bytes(), true)),
+        Some(other) => Err(format!("'body' must be a string, got {other}")),
+    }
+}
+
+/// Builds the client response from a policy's status, headers and body.
+pub fn policy_reply(
+    status: u16,
+    headers: &[(String, Vec<String>)],
+    body: Vec<u8>,
+    body_was_json: bool,
+) -> Reply {
+    let mut reply = Reply {
+        status,
+        headers: Vec::new(),
+        body,
+    };
+    for (name, values) in headers {
+        if FRAMING_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        for v in values {
+            reply.headers.push((name.clone(), v.clone()));
+        }
+    }
+    if body_was_json && reply.header("content-type").is_none() {
+        reply.headers.push((
+            "content-type".into(),
+            "application/json; charset=utf-8".into(),
+        ));
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_keep_state_bytes() {
+        let m = parse_members(br#"{"state": {"b":1, "a":[ ]}, "x":1}"#).unwrap();
+        assert_eq!(m.get("state").unwrap().get(), r#"{"b":1, "a":[ ]}"#);
+        assert!(parse_members(b"[1]").is_err());
+        assert!(parse_members(b"").is_err());
+    }
+
+    #[test]
+    fn flatten_is_case_insensitive_and_ordered() {
+        let v: Value = serde_json::from_str(r#"[{"A":"1"},{"a":"2"},{"B":"x"}]"#).unwrap();
+        assert_eq!(
+            flatten_headers(&v).unwrap(),
+            vec![
+                ("a".into(), vec!["1".into(), "2".into()]),
+                ("b".into(), vec!["x".into()])
+            ]
+        );
+        let bad: Value = serde_json::from_str(r#"[{"a":1}]"#).unwrap();
+        assert!(flatten_headers(&bad).is_err());
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_code(Some(&Value::from("403"))), Ok(403));
+        assert_eq!(status_code(Some(&Value::from(200))), Ok(200));
+        assert!(status_code(Some(&Value::from("abc"))).is_err());
+        assert!(status_code(Some(&Value::from(99))).is_err());
+        assert!(status_code(None).is_err());
+    }
+}
