@@ -1,1 +1,470 @@
-//! placeholder
+//! A proxy-wasm host on Wasmtime that behaves like Kong's Wasm host
+//! (Kong/ngx_wasm_module inside Kong 3.9/3.10).
+//!
+//! One [`Emulator`] is one nginx worker: one Wasm instance (one Wasmtime
+//! store) holds every chain's root contexts and every request's HTTP
+//! contexts. Network I/O (dispatch calls, proxying to the service) runs on
+//! helper threads; results are handed back to the Wasm instance only from
+//! [`Emulator::run_until_idle`], [`Emulator::deliver_next`],
+//! [`Emulator::finish`] and [`Emulator::send`], on the caller's thread.
+//!
+//! What is emulated, and what is not, is listed in `docs/emulator.md`. The
+//! behaviour follows `host-observed.md` and the host's source; where the
+//! two differ, `host-observed.md` wins.
+//!
+//! Module map:
+//! - [`vm`]: Wasmtime engine, module, instances, guest calls and memory.
+//! - [`abi`]: the proxy-wasm host functions (`env.proxy_*`).
+//! - [`wasi`]: the 15 WASI functions Kong provides.
+//! - [`lifecycle`]: the request state machine (steps, actions, bodies,
+//!   local responses, dispatch completions).
+//! - [`properties`]: `get_property` / `set_property`, nginx variables and
+//!   Kong's `kong.*` properties.
+//! - [`kong`]: Kong's routing, proxying variables, headers and error pages.
+//! - [`net`]: the blocking HTTP/1.1 client used for dispatches and upstreams.
+//! - [`headers`]: nginx-style header lists and the proxy-wasm map format.
+//! - [`maps`]: the header maps a filter sees (pseudo-headers, shims).
+//! - [`state`]: the data the host keeps per worker, root context and request.
+
+mod abi;
+mod headers;
+mod kong;
+mod lifecycle;
+mod maps;
+mod net;
+mod properties;
+mod state;
+mod vm;
+mod wasi;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Host settings; [`Default`] gives Kong's defaults.
+#[derive(Clone, Debug)]
+pub struct HostOptions {
+    /// `true`: Kong semantics (`kong.*` properties, Kong proxying through
+    /// `ngx.upstream_uri` / `ngx.upstream_host`, Kong's headers and error
+    /// pages). `false`: plain ngx_wasm_module in nginx (no `kong.*`
+    /// properties; the upstream path comes from `:path`, the Host header
+    /// from the `host` request header).
+    pub kong: bool,
+    /// nginx `client_body_buffer_size` (Kong: 8k). Larger bodies are spooled
+    /// to a file: `on_http_request_body` still runs with the size, but
+    /// `get_http_request_body` finds nothing.
+    pub client_body_buffer_size: usize,
+    /// `wasm_response_body_buffers` (number, size); default `4 4096`.
+    pub response_body_buffers: (usize, usize),
+    /// How an upstream body is cut into `on_http_response_body` calls.
+    pub upstream_chunk_size: usize,
+    /// `wasm { tls_verify_cert }` (on in Kong).
+    pub tls_verify_cert: bool,
+    /// `wasm { tls_verify_host }` (on in Kong).
+    pub tls_verify_host: bool,
+    /// `wasm { tls_trusted_certificate }`: a CA bundle (PEM). No system
+    /// store is ever loaded: with verification on and no CA, every TLS
+    /// dispatch fails with `tls handshake failure`.
+    pub tls_trusted_certificate: Option<PathBuf>,
+    /// `wasm_socket_{connect,send,read}_timeout`, used when a dispatch
+    /// passes a timeout of 0 (60 s).
+    pub socket_timeout: Duration,
+    /// `kong.version` and the `Server` / `Via` tokens.
+    pub kong_version: String,
+    /// nginx `server_name` of the listener (Kong: `kong`); `:authority` is
+    /// `<server_name>:<port>`.
+    pub server_name: String,
+    /// `proxy_wasm_log_dispatch_errors` (on by default).
+    pub log_dispatch_errors: bool,
+    /// Longest time one guest call may run before the emulator interrupts it
+    /// (a safety net: the real host has no limit).
+    pub guest_call_limit: Duration,
+    /// `KONG_NGINX_WASM_SHM_KV` is set: `proxy_get/set_shared_data` work.
+    /// Off by default, as in Kong, where they then trap.
+    pub shm_kv: bool,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            kong: true,
+            client_body_buffer_size: 8192,
+            response_body_buffers: (4, 4096),
+            upstream_chunk_size: 4096,
+            tls_verify_cert: true,
+            tls_verify_host: true,
+            tls_trusted_certificate: None,
+            socket_timeout: Duration::from_secs(60),
+            kong_version: "3.9.3".to_string(),
+            server_name: "kong".to_string(),
+            log_dispatch_errors: true,
+            guest_call_limit: Duration::from_secs(10),
+            shm_kv: false,
+        }
+    }
+}
+
+/// A Kong Service entity.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub id: String,
+    /// `http` or `https`.
+    pub protocol: String,
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+    /// Milliseconds, as in Kong.
+    pub connect_timeout: u64,
+    pub write_timeout: u64,
+    pub read_timeout: u64,
+}
+
+impl Service {
+    /// A service with Kong's default timeouts (60 s).
+    pub fn new(name: &str, protocol: &str, host: &str, port: u16) -> Self {
+        Self {
+            name: name.to_string(),
+            id: kong::uuid_from(name.as_bytes(), 0x5e),
+            protocol: protocol.to_string(),
+            host: host.to_string(),
+            port,
+            path: None,
+            connect_timeout: 60_000,
+            write_timeout: 60_000,
+            read_timeout: 60_000,
+        }
+    }
+}
+
+/// A Kong Route entity (prefix paths only).
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    pub id: String,
+    pub paths: Vec<String>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+}
+
+impl Route {
+    /// A route with Kong's defaults (`strip_path = true`, `preserve_host = false`).
+    pub fn new(name: &str, paths: &[&str]) -> Self {
+        Self {
+            name: name.to_string(),
+            id: kong::uuid_from(name.as_bytes(), 0x70),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            strip_path: true,
+            preserve_host: false,
+        }
+    }
+}
+
+/// One filter of a chain: its own root context and `on_configure`.
+#[derive(Clone, Debug)]
+pub struct FilterEntry {
+    pub name: String,
+    pub config: Vec<u8>,
+}
+
+impl FilterEntry {
+    pub fn new(name: &str, config: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: name.to_string(),
+            config: config.into(),
+        }
+    }
+}
+
+/// HTTP version of the client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+/// How the client frames its request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyMode {
+    /// `Content-Length` is added when the body is non-empty (unless the
+    /// headers already carry one).
+    ContentLength,
+    /// `Transfer-Encoding: chunked` (the body may be empty).
+    Chunked,
+    /// No length header (HTTP/2 style).
+    NoLength,
+}
+
+/// A request as a client sends it to Kong.
+#[derive(Clone, Debug)]
+pub struct ClientRequest {
+    pub method: String,
+    /// The raw request-target, e.g. `/a/b?x=1`.
+    pub target: String,
+    pub version: HttpVersion,
+    /// As sent (mixed case kept on HTTP/1.x).
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub body_mode: BodyMode,
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+    /// The Kong listener port, e.g. 8000.
+    pub server_port: u16,
+    /// Served as `ngx.ssl_client_raw_cert`.
+    pub client_cert_pem: Option<String>,
+}
+
+impl ClientRequest {
+    /// `GET <target>` over HTTP/1.1 with `Host: example.com`, from 127.0.0.1.
+    pub fn get(target: &str) -> Self {
+        Self {
+            method: "GET".to_string(),
+            target: target.to_string(),
+            version: HttpVersion::Http11,
+            headers: vec![("Host".to_string(), b"example.com".to_vec())],
+            body: Vec::new(),
+            body_mode: BodyMode::ContentLength,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            tls: false,
+            server_port: 8000,
+            client_cert_pem: None,
+        }
+    }
+
+    /// `POST <target>` with a body (Content-Length).
+    pub fn post(target: &str, body: &[u8]) -> Self {
+        let mut req = Self::get(target);
+        req.method = "POST".to_string();
+        req.body = body.to_vec();
+        req
+    }
+
+    /// Adds a header (builder style).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
+        self
+    }
+}
+
+/// What the client receives.
+#[derive(Clone, Debug, Default)]
+pub struct ClientResponse {
+    pub status: u16,
+    /// Header lines as sent to the client, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body as the client reads it (de-chunked; cut to Content-Length).
+    pub body: Vec<u8>,
+    /// Produced by `send_http_response`.
+    pub local: bool,
+    /// How many times Kong itself proxied upstream for this request.
+    pub upstream_requests: usize,
+    /// A guest call trapped while this request was processed.
+    pub trapped: bool,
+    /// The request never completed: the host left it paused with nothing
+    /// pending (a real client would time out).
+    pub stalled: bool,
+    /// The bytes sent disagree with the announced `Content-Length` (a real
+    /// client would read a truncated body or wait for missing bytes).
+    pub framing_error: Option<String>,
+}
+
+impl ClientResponse {
+    /// First header value (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Every value of a header, as text.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// proxy-wasm log levels (nginx levels in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// `[debug]` (trace and debug).
+    Trace,
+    Debug,
+    /// `[info]`
+    Info,
+    /// `[warn]`
+    Warn,
+    /// `[error]`
+    Error,
+    /// `[crit]`
+    Critical,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            LogLevel::Trace | LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "crit",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One line of the (emulated) error log. Lines written by the filter with
+/// `proxy_log` carry the context id; lines the host writes itself carry the
+/// context id of the filter concerned, or 0.
+#[derive(Clone, Debug)]
+pub struct LogRecord {
+    pub level: LogLevel,
+    pub message: String,
+    pub context_id: u32,
+    /// `true` for lines written by the filter (`proxy_log`, `fd_write`).
+    pub from_filter: bool,
+}
+
+/// Identifies a chain added with [`Emulator::add_chain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChainId(pub usize);
+
+/// Identifies a request started with [`Emulator::start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+/// Why [`Emulator::add_chain`] refused a chain (Kong would fail to load the
+/// filter-chain plan and keep or reject the configuration).
+#[derive(Clone, Debug)]
+pub struct ConfigureError {
+    /// Index in the chain of the entry that failed.
+    pub entry: usize,
+    pub filter: String,
+    /// What failed: `on_configure returned false`, a trap, ...
+    pub reason: String,
+    /// Log lines written while the chain was being configured.
+    pub logs: Vec<LogRecord>,
+}
+
+impl fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "filter #{} \"{}\" failed: {}",
+            self.entry, self.filter, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigureError {}
+
+/// Counters and timings since creation or the last [`Emulator::reset_stats`].
+#[derive(Clone, Debug, Default)]
+pub struct HostStats {
+    /// Host calls made by the filter, per import name.
+    pub hostcalls: BTreeMap<String, u64>,
+    /// Time spent inside guest calls (includes host functions they call).
+    pub wasm_time: Duration,
+    /// Time the caller spent waiting for network completions.
+    pub io_wait_time: Duration,
+    /// Current linear memory size in bytes.
+    pub memory_bytes: usize,
+    /// Wasm instances created (1 + one per trap that needed a new one).
+    pub instances_created: u64,
+    pub traps: u64,
+    /// Guest calls made (callbacks, allocations).
+    pub guest_calls: u64,
+    pub dispatches: u64,
+    pub upstream_requests: u64,
+}
+
+/// The emulated worker. See the module documentation.
+pub struct Emulator {
+    host: lifecycle::Host,
+}
+
+impl Emulator {
+    /// Compiles and instantiates the module (running `_initialize` or
+    /// `_start`). A module importing anything the host does not provide
+    /// fails here, as it fails to load in Kong. `on_vm_start` runs per root
+    /// context when a chain is added, as Kong does when it loads a
+    /// filter-chain plan.
+    pub fn new(wasm: &Path, opts: HostOptions) -> anyhow::Result<Self> {
+        Ok(Self {
+            host: lifecycle::Host::new(wasm, opts)?,
+        })
+    }
+
+    /// Adds a Kong route + service with its filter chain: each entry gets a
+    /// root context (`proxy_on_context_create`, `on_vm_start`,
+    /// `on_configure`).
+    pub fn add_chain(
+        &mut self,
+        service: Service,
+        route: Route,
+        filters: Vec<FilterEntry>,
+    ) -> Result<ChainId, ConfigureError> {
+        self.host.add_chain(service, route, filters)
+    }
+
+    /// Runs a whole request (blocking, bounded by the socket timeouts).
+    pub fn send(&mut self, chain: ChainId, req: ClientRequest) -> ClientResponse {
+        let id = self.start(chain, req);
+        self.finish(id)
+    }
+
+    /// Runs the request until it pauses (waiting for I/O) or completes.
+    pub fn start(&mut self, chain: ChainId, req: ClientRequest) -> StreamId {
+        self.host.start(chain, req)
+    }
+
+    /// Delivers completed I/O as callbacks, in completion order, until
+    /// nothing is in flight or `timeout` passes. Also runs due ticks.
+    pub fn run_until_idle(&mut self, timeout: Duration) {
+        self.host.run_until_idle(timeout)
+    }
+
+    /// Delivers exactly one completion (waiting up to `timeout`); returns the
+    /// request it belonged to.
+    pub fn deliver_next(&mut self, timeout: Duration) -> Option<StreamId> {
+        self.host.deliver_next(timeout)
+    }
+
+    /// Drives this request to completion and returns the response.
+    pub fn finish(&mut self, id: StreamId) -> ClientResponse {
+        self.host.finish(id)
+    }
+
+    /// Whether the request has completed (its response is ready).
+    pub fn is_complete(&self, id: StreamId) -> bool {
+        self.host.is_complete(id)
+    }
+
+    pub fn logs(&self) -> &[LogRecord] {
+        self.host.logs()
+    }
+
+    pub fn take_logs(&mut self) -> Vec<LogRecord> {
+        self.host.take_logs()
+    }
+
+    pub fn stats(&self) -> HostStats {
+        self.host.stats()
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.host.reset_stats()
+    }
+}

@@ -1,0 +1,275 @@
+//! Header lists with nginx semantics, and the proxy-wasm map wire format.
+//!
+//! nginx keeps headers in a list where a removed header stays in place with
+//! its hash cleared; ngx_wasm_module's "set" updates the first header with
+//! that name (taking the new name's spelling) and clears the others, "add"
+//! appends, "remove" clears every match. Names and values given by a filter
+//! are percent-escaped the way the host escapes them (control characters in
+//! values, separators in names), so a filter cannot inject CR/LF.
+
+/// One header line. `active == false` is a header the filter removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+    pub active: bool,
+}
+
+/// An ordered header list (request headers, response headers, a dispatch
+/// response's headers).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeaderList {
+    entries: Vec<Header>,
+}
+
+impl HeaderList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends without escaping (headers received from the network).
+    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) {
+        self.entries.push(Header {
+            name: name.to_vec(),
+            value: value.to_vec(),
+            active: true,
+        });
+    }
+
+    /// The active headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .filter(|h| h.active)
+            .map(|h| (h.name.as_slice(), h.value.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.iter().filter(|h| h.active).count()
+    }
+
+    /// First active value for `name` (case-insensitive).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|h| h.active && h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
+    }
+
+    /// Every active value for `name`, in order.
+    pub fn get_all(&self, name: &[u8]) -> Vec<&[u8]> {
+        self.entries
+            .iter()
+            .filter(|h| h.active && h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
+            .collect()
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// "Set": the first header named `name` takes the new name and value, the
+    /// other ones are removed; appends when there is none.
+    pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        let mut found = false;
+        for h in self.entries.iter_mut() {
+            if h.active && h.name.eq_ignore_ascii_case(name) {
+                if found {
+                    h.active = false;
+                } else {
+                    h.name = name.to_vec();
+                    h.value = value.to_vec();
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            self.push_raw(name, value);
+        }
+    }
+
+    /// "Set" for a builtin (single-valued) nginx header: only the first match
+    /// is updated; duplicates, if any, are left alone.
+    pub fn set_first(&mut self, name: &[u8], value: &[u8]) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|h| h.active && h.name.eq_ignore_ascii_case(name))
+        {
+            Some(h) => {
+                h.name = name.to_vec();
+                h.value = value.to_vec();
+            }
+            None => self.push_raw(name, value),
+        }
+    }
+
+    /// "Add": always appends.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.push_raw(name, value);
+    }
+
+    /// Removes every header named `name`; returns whether one existed.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        let mut found = false;
+        for h in self.entries.iter_mut() {
+            if h.active && h.name.eq_ignore_ascii_case(name) {
+                h.active = false;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Removes only the first header named `name` (builtin headers).
+    pub fn remove_first(&mut self, name: &[u8]) {
+        if let Some(h) = self
+            .entries
+            .iter_mut()
+            .find(|h| h.active && h.name.eq_ignore_ascii_case(name))
+        {
+            h.active = false;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        for h in self.entries.iter_mut() {
+            h.active = false;
+        }
+    }
+}
+
+/// Characters the host percent-escapes in header names: controls, space,
+/// separators and non-ASCII bytes.
+fn escape_in_name(b: u8) -> bool {
+    !(0x20..0x7f).contains(&b) || b" \"(),/:;<=>?@[\\]{}".contains(&b)
+}
+
+/// Characters the host percent-escapes in header values: controls except tab,
+/// and DEL.
+fn escape_in_value(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+fn escape_with(input: &[u8], must_escape: fn(u8) -> bool) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(input.len());
+    for &b in input {
+        if must_escape(b) {
+            out.push(b'%');
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0x0f)]);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Escapes a header name given by a filter, as the host does.
+pub(crate) fn escape_name(name: &[u8]) -> Vec<u8> {
+    escape_with(name, escape_in_name)
+}
+
+/// Escapes a header value given by a filter, as the host does.
+pub(crate) fn escape_value(value: &[u8]) -> Vec<u8> {
+    escape_with(value, escape_in_value)
+}
+
+/// Serialises pairs in the proxy-wasm map format: a u32 count, then a u32 name
+/// length and a u32 value length per pair, then each name and value followed by
+/// a NUL byte. All integers are little-endian.
+pub(crate) fn marshal(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut size = 4;
+    for (n, v) in pairs {
+        size += 8 + n.len() + 1 + v.len() + 1;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&len_u32(pairs.len()).to_le_bytes());
+    for (n, v) in pairs {
+        out.extend_from_slice(&len_u32(n.len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(v.len()).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Parses the proxy-wasm map format. An empty buffer is an empty map. `None`
+/// when the buffer is malformed (the host would read past it).
+pub(crate) fn unmarshal(data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    if data.is_empty() {
+        return Some(Vec::new());
+    }
+    let read_u32 = |at: usize| -> Option<usize> {
+        let bytes = data.get(at..at.checked_add(4)?)?;
+        let arr: [u8; 4] = bytes.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(arr)).ok()
+    };
+    let count = read_u32(0)?;
+    // Each pair needs at least 10 bytes; refuse absurd counts early.
+    if count > data.len() / 10 + 1 {
+        return None;
+    }
+    let mut lens = Vec::with_capacity(count);
+    let mut at = 4usize;
+    for _ in 0..count {
+        let n = read_u32(at)?;
+        let v = read_u32(at + 4)?;
+        lens.push((n, v));
+        at += 8;
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for (n, v) in lens {
+        let name = data.get(at..at.checked_add(n)?)?.to_vec();
+        at = at.checked_add(n)?.checked_add(1)?;
+        let value = data.get(at..at.checked_add(v)?)?.to_vec();
+        at = at.checked_add(v)?.checked_add(1)?;
+        pairs.push((name, value));
+    }
+    if at > data.len() {
+        return None;
+    }
+    Some(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_updates_first_and_clears_duplicates() {
+        let mut l = HeaderList::new();
+        l.push_raw(b"A", b"1");
+        l.push_raw(b"b", b"2");
+        l.push_raw(b"a", b"3");
+        l.set(b"a", b"x");
+        let pairs: Vec<_> = l.iter().collect();
+        assert_eq!(pairs, vec![(&b"a"[..], &b"x"[..]), (&b"b"[..], &b"2"[..])]);
+    }
+
+    #[test]
+    fn marshal_round_trip() {
+        let pairs = vec![
+            (b"k".to_vec(), b"v".to_vec()),
+            (b"".to_vec(), b"x".to_vec()),
+        ];
+        assert_eq!(unmarshal(&marshal(&pairs)), Some(pairs));
+        assert_eq!(unmarshal(&[1, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape_value(b"a\r\nb\tc"), b"a%0D%0Ab\tc".to_vec());
+        assert_eq!(escape_name(b"x y:"), b"x%20y%3A".to_vec());
+    }
+}

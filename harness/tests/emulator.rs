@@ -1,0 +1,1880 @@
+//! Tests of the host emulator against the behaviours Kong's Wasm host shows
+//! (`host-observed.md`, items marked "(emulate)", and the host's source).
+//! Each test drives the probe filter (`harness/probe-filter`) through request
+//! headers that tell it what to do, and fails if the emulator were lenient.
+
+// Test helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ping_auth_harness::emulator::*;
+use ping_auth_harness::wasm_build;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- helpers
+
+fn probe() -> PathBuf {
+    wasm_build::build("probe-filter").expect("building the probe filter")
+}
+
+/// A request the test server received.
+#[derive(Clone, Debug)]
+struct Seen {
+    line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 whose answers depend on the path:
+/// `/slow/<ms>` waits, `/chunked/<n>` sends n bytes chunked, `/big/<n>`
+/// sends n bytes with Content-Length, `/status/<code>`, `/hang` never
+/// answers, `/garbage` sends an invalid response; anything else answers 200
+/// `ok` with `X-Upstream: 1`. Every request is recorded.
+struct TestServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let seen = seen.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut workers = Vec::new();
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let seen = seen.clone();
+                    let stop = stop.clone();
+                    workers.push(std::thread::spawn(move || serve(conn, seen, stop)));
+                }
+                for w in workers {
+                    let _ = w.join();
+                }
+            })
+        };
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let line = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            break;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+    seen.lock().unwrap().push(Seen {
+        line: line.clone(),
+        headers,
+        body,
+    });
+    let mut out = conn;
+    let reply = |out: &mut TcpStream, status: u16, body: &[u8], extra: &str| {
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Upstream: 1\r\n{extra}Connection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = out.write_all(head.as_bytes());
+        let _ = out.write_all(body);
+    };
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.split('/').next().unwrap_or("0").parse().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(ms));
+        reply(&mut out, 200, b"slow", "");
+    } else if let Some(n) = path.strip_prefix("/chunked/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let _ = out.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        let data = vec![b'c'; n];
+        for piece in data.chunks(7) {
+            let _ = out.write_all(format!("{:x}\r\n", piece.len()).as_bytes());
+            let _ = out.write_all(piece);
+            let _ = out.write_all(b"\r\n");
+        }
+        let _ = out.write_all(b"0\r\n\r\n");
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        let n: usize = n.parse().unwrap_or(0);
+        reply(&mut out, 200, &vec![b'b'; n], "");
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        reply(&mut out, code.parse().unwrap_or(200), b"status", "");
+    } else if path.starts_with("/hang") {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else if path.starts_with("/garbage") {
+        let _ = out.write_all(b"this is not http\r\n\r\n");
+    } else if path.starts_with("/json") {
+        reply(
+            &mut out,
+            200,
+            b"{\"allow\":true}",
+            "X-Multi: a\r\nX-Multi: b\r\n",
+        );
+    } else {
+        reply(&mut out, 200, b"ok", "");
+    }
+}
+
+/// An emulator with one chain (`probe` filter) whose service is `server`.
+fn setup(opts: HostOptions, server: &TestServer, config: &str) -> (Emulator, ChainId) {
+    let mut emu = Emulator::new(&probe(), opts).expect("loading the probe filter");
+    let chain = emu
+        .add_chain(
+            Service::new("svc", "http", "127.0.0.1", server.port()),
+            Route::new("rt", &["/"]),
+            vec![FilterEntry::new("probe", config)],
+        )
+        .expect("configuring");
+    (emu, chain)
+}
+
+fn kong(server: &TestServer) -> (Emulator, ChainId) {
+    setup(HostOptions::default(), server, "")
+}
+
+/// Log lines written by the filter.
+fn filter_lines(emu: &Emulator) -> Vec<String> {
+    emu.logs()
+        .iter()
+        .filter(|l| l.from_filter)
+        .map(|l| l.message.clone())
+        .collect()
+}
+
+fn all_lines(emu: &Emulator) -> Vec<String> {
+    emu.logs().iter().map(|l| l.message.clone()).collect()
+}
+
+fn has_line(emu: &Emulator, needle: &str) -> bool {
+    emu.logs().iter().any(|l| l.message.contains(needle))
+}
+
+fn lines_with(emu: &Emulator, needle: &str) -> Vec<String> {
+    filter_lines(emu)
+        .into_iter()
+        .filter(|l| l.contains(needle))
+        .collect()
+}
+
+fn get(path: &str) -> ClientRequest {
+    ClientRequest::get(path)
+}
+
+/// A port with nothing listening.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ------------------------------------------------------------ lifecycle
+
+#[test]
+fn request_lifecycle_order_and_eof_flags() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, ClientRequest::post("/a", b"hello"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ok");
+    let steps: Vec<String> = filter_lines(&emu)
+        .into_iter()
+        .filter(|l| l.starts_with("step ") && !l.contains(" end "))
+        .map(|l| l.split(" id=").next().unwrap().to_string())
+        .collect();
+    // The host calls on_done before on_log (ABI 0.1/0.2).
+    assert_eq!(
+        steps,
+        vec![
+            "step req-headers",
+            "step req-body",
+            "step resp-headers",
+            "step resp-body",
+            "step done",
+            "step log"
+        ]
+    );
+    assert_eq!(lines_with(&emu, "step req-headers id").len(), 1);
+    assert!(
+        has_line(&emu, "eof=false")
+            && lines_with(&emu, "step req-headers")[0].contains("eof=false")
+    );
+    assert!(lines_with(&emu, "step resp-headers id")[0].contains("eof=false"));
+    assert!(lines_with(&emu, "step req-body")[0].contains("size=5 eof=true"));
+}
+
+#[test]
+fn empty_body_gets_no_body_step() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut req = ClientRequest::post("/a", b"");
+    req.body_mode = BodyMode::Chunked;
+    let resp = emu.send(chain, req);
+    assert_eq!(resp.status, 200);
+    assert!(lines_with(&emu, "step req-body").is_empty());
+    // The upstream still gets a Content-Length for the (empty) body.
+    assert_eq!(
+        server.seen()[0].header("content-length").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn request_body_read_in_body_step_not_in_headers_step() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let req = ClientRequest::post("/a", b"hello")
+        .header("x-probe-req-headers", "read-body")
+        .header("x-probe-req-body", "read-body")
+        .header("x-probe-log", "read-body");
+    emu.send(chain, req);
+    let reads: Vec<String> = filter_lines(&emu)
+        .into_iter()
+        .filter(|l| l.starts_with("req-body "))
+        .collect();
+    assert_eq!(
+        reads[0], "req-body none",
+        "not read yet in on_request_headers"
+    );
+    assert_eq!(reads[1], "req-body len=5 data=hello");
+    assert_eq!(
+        reads[2], "req-body len=5 data=hello",
+        "still readable in on_log"
+    );
+}
+
+#[test]
+fn get_request_body_copies_from_the_start_whatever_the_offset() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let req = ClientRequest::post("/a", b"0123456789").header("x-probe-req-body", "read-body:4|3");
+    emu.send(chain, req);
+    assert_eq!(lines_with(&emu, "req-body len=").len(), 1);
+    assert!(
+        has_line(&emu, "req-body len=3 data=012"),
+        "{:?}",
+        filter_lines(&emu)
+    );
+}
+
+#[test]
+fn spooled_request_body_cannot_be_read() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let body = vec![b'x'; 9000];
+    let req = ClientRequest::post("/a", &body).header("x-probe-req-body", "read-body");
+    let resp = emu.send(chain, req);
+    assert_eq!(resp.status, 200);
+    assert!(lines_with(&emu, "step req-body")[0].contains("size=9000 eof=true"));
+    assert_eq!(lines_with(&emu, "req-body none").len(), 1);
+    assert!(has_line(&emu, "cannot read request body buffered to file"));
+    // The upstream still receives the whole body.
+    assert_eq!(server.seen()[0].body.len(), 9000);
+}
+
+#[test]
+fn larger_client_body_buffer_keeps_body_readable() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        client_body_buffer_size: 1 << 20,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let req = ClientRequest::post("/a", &vec![b'x'; 9000]).header("x-probe-req-body", "read-body");
+    emu.send(chain, req);
+    assert_eq!(lines_with(&emu, "req-body len=9000").len(), 1);
+}
+
+// ------------------------------------------------------------- dispatch
+
+#[test]
+fn dispatch_in_response_headers_traps_and_upstream_response_passes() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!(
+        "dispatch:{}|/x|1000;add-resp-header:x-after=1",
+        server.target()
+    );
+    let resp = emu.send(chain, get("/a").header("x-probe-resp-headers", &cmd));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ok");
+    assert!(resp.trapped);
+    assert_eq!(
+        resp.header("x-after"),
+        None,
+        "the callback aborted at the trap"
+    );
+    assert!(lines_with(&emu, "step resp-headers end").is_empty());
+    assert!(has_line(&emu, "can only send HTTP dispatch during"));
+    // Later steps of the failed filter do not run.
+    assert!(lines_with(&emu, "step resp-body").is_empty());
+    assert!(lines_with(&emu, "step log").is_empty());
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "only the proxied request reached the server"
+    );
+}
+
+#[test]
+fn dispatch_in_response_body_and_log_traps() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/x|1000", server.target());
+    let resp = emu.send(chain, get("/a").header("x-probe-resp-body", &cmd));
+    assert!(resp.trapped);
+    assert_eq!(resp.text(), "ok");
+    let resp = emu.send(chain, get("/a").header("x-probe-log", &cmd));
+    assert!(resp.trapped);
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        emu.logs()
+            .iter()
+            .filter(|l| l.message.contains("can only send HTTP dispatch during"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn trap_replaces_instance_and_reconfigures_lazily_without_vm_start() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    assert_eq!(lines_with(&emu, "vm_start").len(), 1);
+    assert_eq!(lines_with(&emu, "configure").len(), 1);
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
+    assert!(resp.trapped);
+    assert_eq!(
+        emu.stats().instances_created,
+        1,
+        "no new instance until needed"
+    );
+    let resp = emu.send(chain, get("/a"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(emu.stats().instances_created, 2);
+    assert_eq!(
+        lines_with(&emu, "vm_start").len(),
+        1,
+        "on_vm_start is not re-run"
+    );
+    assert_eq!(
+        lines_with(&emu, "configure").len(),
+        2,
+        "on_configure runs again"
+    );
+    // Context ids keep growing across instances.
+    assert!(has_line(&emu, "create_http_context id=2"));
+}
+
+#[test]
+fn trap_in_request_headers_answers_500() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
+    assert_eq!(resp.status, 500);
+    assert!(resp.text().contains("An unexpected error occurred"));
+    assert!(server.seen().is_empty());
+    // Kong's error page replaces the response: no response steps, no on_log.
+    assert!(lines_with(&emu, "step resp-headers").is_empty());
+    assert!(lines_with(&emu, "step log").is_empty());
+
+    let server = TestServer::start();
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
+    assert_eq!(resp.status, 500);
+    assert!(resp.text().contains("500 Internal Server Error"));
+}
+
+#[test]
+fn dispatch_success_headers_include_status_and_dispatch_status_ok() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/json|1000;pause", server.target());
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &cmd)
+            .header("x-probe-call-response", "dump-call"),
+    );
+    assert_eq!(resp.status, 200);
+    let call = lines_with(&emu, "step call-response")[0].clone();
+    assert!(
+        call.contains("status=Some(\"200\") dispatch_status=Some(\"ok\")"),
+        "{call}"
+    );
+    assert!(call.contains("body=14"));
+    let dump = lines_with(&emu, "call-headers ")[0].clone();
+    assert!(
+        dump.starts_with("call-headers :status: 200 | :dispatch_status: ok | Content-Length: 14"),
+        "{dump}"
+    );
+    assert!(dump.contains("X-Multi: a | X-Multi: b"));
+    assert!(has_line(&emu, "call-body Some(\"{\\\"allow\\\":true}\")"));
+    // The upstream request went out only after the dispatch answered.
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].line.starts_with("POST /json "));
+    assert!(seen[1].line.starts_with("GET /a "));
+}
+
+#[test]
+fn dispatch_request_is_http11_with_connection_close_and_authority_as_host() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!(
+        "dispatch:{}|/p?q=1|1000||pdp.example:8443|POST|payload;pause",
+        server.target()
+    );
+    emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    let d = &server.seen()[0];
+    assert_eq!(d.line, "POST /p?q=1 HTTP/1.1");
+    assert_eq!(
+        d.headers[0],
+        ("Host".to_string(), "pdp.example:8443".to_string())
+    );
+    assert_eq!(
+        d.headers[1],
+        ("Connection".to_string(), "close".to_string())
+    );
+    assert_eq!(d.header("content-length").as_deref(), Some("7"));
+    assert_eq!(d.header("x-probe-sent").as_deref(), Some("1"));
+    // The filter's own Host header is dropped.
+    assert_eq!(
+        d.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .count(),
+        1
+    );
+    assert_eq!(d.body, b"payload");
+}
+
+#[test]
+fn dispatch_failures_call_back_with_no_status() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let hang = format!("dispatch:{}|/hang|200;pause", server.target());
+    let garbage = format!("dispatch:{}|/garbage|1000;pause", server.target());
+    let refused = format!("dispatch:127.0.0.1:{}|/x|1000;pause", closed_port());
+    let tls = format!(
+        "dispatch:{}|/x|1000|https|pdp.example;pause",
+        server.target()
+    );
+    let cases = [
+        (refused, "broken connection"),
+        (hang, "timeout"),
+        (garbage, "reader failure"),
+        (tls, "tls handshake failure"),
+    ];
+    for (cmd, expected) in cases {
+        emu.take_logs();
+        let started = Instant::now();
+        let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+        let call = lines_with(&emu, "step call-response");
+        assert_eq!(call.len(), 1, "{expected}: {:?}", all_lines(&emu));
+        assert!(
+            call[0].contains(&format!(
+                "headers=0 body=0 status=None dispatch_status=Some(\"{expected}\")"
+            )),
+            "{expected}: {}",
+            call[0]
+        );
+        assert!(
+            has_line(&emu, "dispatch failed: tcp socket - "),
+            "{expected}"
+        );
+        // The filter did nothing about it: the request goes on (fail-open is
+        // the filter's responsibility).
+        assert_eq!(resp.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn dispatch_resolver_failure() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = "dispatch:no-such-host.invalid:80|/x|1000;pause";
+    emu.send(chain, get("/a").header("x-probe-req-headers", cmd));
+    let call = lines_with(&emu, "step call-response");
+    assert!(
+        call[0].contains("dispatch_status=Some(\"resolver failure\")"),
+        "{}",
+        call[0]
+    );
+}
+
+#[test]
+fn dispatch_timeout_zero_uses_socket_timeout() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        socket_timeout: Duration::from_millis(300),
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let cmd = format!("dispatch:{}|/hang|0;pause", server.target());
+    let started = Instant::now();
+    emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    let took = started.elapsed();
+    assert!(has_line(&emu, "dispatch_status=Some(\"timeout\")"));
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn dispatch_tls_requires_trusted_ca_and_sni_name() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // An IP literal with no :authority cannot give an SNI.
+    let cmd = format!("dispatch:{}|/x|1000|https;pause", server.target());
+    emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert!(has_line(&emu, "could not derive tls sni from host"));
+    assert!(has_line(
+        &emu,
+        "dispatch_status=Some(\"tls handshake failure\")"
+    ));
+}
+
+#[test]
+fn dispatch_bad_arguments_trap() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    for (cmd, msg) in [
+        (
+            format!("dispatch:{}|/x|1000|||-", server.target()),
+            "dispatch failed: no :method",
+        ),
+        (
+            format!("dispatch:{}|-|1000", server.target()),
+            "dispatch failed: no :path",
+        ),
+        (
+            "dispatch:127.0.0.1:99999|/x|1000".to_string(),
+            "dispatch failed: tcp socket - invalid port",
+        ),
+    ] {
+        let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+        assert_eq!(resp.status, 500, "{msg}");
+        assert!(resp.trapped);
+        assert!(has_line(&emu, msg), "{msg}");
+    }
+}
+
+#[test]
+fn chained_dispatches_keep_request_paused_until_the_last() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let first = format!("dispatch:{}|/slow/50|1000;pause", server.target());
+    let second = format!("dispatch:{}|/slow/30/second|1000", server.target());
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &first)
+            .header("x-probe-call-response-1", &second),
+    );
+    assert_eq!(resp.status, 200);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[1].line.contains("/second"));
+    assert!(
+        seen[2].line.starts_with("GET /a"),
+        "upstream only after the last dispatch"
+    );
+    assert_eq!(lines_with(&emu, "step call-response").len(), 2);
+}
+
+#[test]
+fn parallel_dispatches_resume_after_all() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!(
+        "dispatch:{t}|/slow/80/a|1000;dispatch:{t}|/slow/10/b|1000;pause",
+        t = server.target()
+    );
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert_eq!(resp.status, 200);
+    // Tokens start at 0 and are global.
+    assert!(has_line(&emu, "dispatch ok token=0"));
+    assert!(has_line(&emu, "dispatch ok token=1"));
+    let calls = lines_with(&emu, "step call-response");
+    assert!(
+        calls[0].contains("token=1"),
+        "completion order: the faster first"
+    );
+    assert_eq!(server.seen().last().unwrap().line, "GET /a HTTP/1.1");
+}
+
+#[test]
+fn continue_after_dispatch_does_not_wait() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/slow/300|1000;continue", server.target());
+    let started = Instant::now();
+    let id = emu.start(chain, get("/a").header("x-probe-req-headers", &cmd));
+    // The request went upstream without waiting for the dispatch.
+    emu.deliver_next(Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_millis(280));
+    let resp = emu.finish(id);
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn resume_http_request_in_call_response_is_harmless() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &cmd)
+            .header("x-probe-call-response", "resume;resume-response"),
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.upstream_requests, 1);
+    assert!(has_line(&emu, "resume-response result=Ok(())"));
+}
+
+#[test]
+fn requests_interleave_and_callbacks_come_in_completion_order() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let slow = format!("dispatch:{}|/slow/200|2000;pause", server.target());
+    let fast = format!("dispatch:{}|/slow/10|2000;pause", server.target());
+    let a = emu.start(chain, get("/a").header("x-probe-req-headers", &slow));
+    let b = emu.start(chain, get("/b").header("x-probe-req-headers", &fast));
+    assert!(!emu.is_complete(a) && !emu.is_complete(b));
+    assert_eq!(emu.deliver_next(Duration::from_secs(2)), Some(b));
+    let rb = emu.finish(b);
+    assert_eq!(rb.status, 200);
+    assert!(!emu.is_complete(a));
+    let ra = emu.finish(a);
+    assert_eq!(ra.status, 200);
+}
+
+// ------------------------------------------------------- actions & pause
+
+#[test]
+fn pause_without_dispatch_stalls_the_request() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "pause"));
+    assert!(resp.stalled);
+    assert!(server.seen().is_empty());
+}
+
+#[test]
+fn pause_in_response_headers_means_local_response() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-resp-headers", "pause"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ok");
+    assert!(has_line(
+        &emu,
+        "\"ResponseHeaders\" returned \"PAUSE\": local response expected but none produced"
+    ));
+    assert_eq!(lines_with(&emu, "step resp-body id").len(), 1);
+
+    // With two filters, the pause stops the chain: the second filter's
+    // on_response_headers is skipped, and so is the first filter's first
+    // on_response_body (the chain resumes from the second filter).
+    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let chain = emu
+        .add_chain(
+            Service::new("a", "http", "127.0.0.1", server.port()),
+            Route::new("a", &["/"]),
+            vec![
+                FilterEntry::new("probe", "one"),
+                FilterEntry::new("probe", "two"),
+            ],
+        )
+        .unwrap();
+    emu.send(chain, get("/a").header("x-probe-resp-headers", "pause"));
+    assert_eq!(lines_with(&emu, "step resp-headers id").len(), 1);
+    let body_calls = lines_with(&emu, "step resp-body id");
+    assert!(body_calls[0].contains("id=2"), "{body_calls:?}");
+}
+
+#[test]
+fn pause_in_request_body_without_dispatch_stalls() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        ClientRequest::post("/a", b"x").header("x-probe-req-body", "pause"),
+    );
+    assert!(resp.stalled);
+    assert!(server.seen().is_empty());
+}
+
+#[test]
+fn second_pause_in_response_body_is_ignored_with_error() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/big/100").header("x-probe-resp-body", "pause"));
+    assert_eq!(resp.text().len(), 100);
+    let calls = lines_with(&emu, "step resp-body id");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].contains("size=100 eof=true"));
+    assert!(calls[1].contains("size=100 eof=true"));
+    assert!(has_line(&emu, "invalid \"on_response_body\" return action (PAUSE): response body buffering already requested"));
+}
+
+// ------------------------------------------------------- local responses
+
+#[test]
+fn local_response_from_request_headers() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", "local:403|denied|x-a=1")
+            .header("x-probe-resp-headers", "add-resp-header:x-late=1"),
+    );
+    assert_eq!(resp.status, 403);
+    assert!(resp.local);
+    assert_eq!(resp.body, b"denied\n", "the host appends one newline");
+    assert_eq!(resp.header("content-length").as_deref(), Some("7"));
+    assert_eq!(resp.header("x-a").as_deref(), Some("1"));
+    assert_eq!(
+        resp.header("x-late").as_deref(),
+        Some("1"),
+        "on_response_headers runs for local replies"
+    );
+    assert_eq!(resp.upstream_requests, 0);
+    assert!(server.seen().is_empty());
+    assert!(lines_with(&emu, "step resp-body")[0].contains("size=7 eof=true"));
+    // Kong's location has default_type '': no Content-Type is invented.
+    assert_eq!(resp.header("content-type"), None);
+    // Kong's header filter ran: Via and Server are there.
+    assert_eq!(resp.header("via").as_deref(), Some("1.1 kong/3.9.3"));
+    assert_eq!(resp.framing_error, None);
+}
+
+#[test]
+fn local_response_empty_body() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "local:401|"));
+    assert_eq!(resp.status, 401);
+    assert!(resp.body.is_empty());
+    assert_eq!(resp.header("content-length").as_deref(), Some("0"));
+    assert!(lines_with(&emu, "step resp-body")[0].contains("size=0 eof=true"));
+}
+
+#[test]
+fn local_response_keeps_last_value_of_repeated_header() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:200|x|set-cookie=a=1,set-cookie=b=2",
+            )
+            .header("x-probe-resp-headers", "add-resp-header:Set-Cookie=c=3"),
+    );
+    assert_eq!(resp.header_all("set-cookie"), vec!["b=2", "c=3"]);
+}
+
+#[test]
+fn local_response_content_type_defaults() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "local:200|hi"),
+    );
+    assert_eq!(resp.header("content-type").as_deref(), Some("text/plain"));
+    let resp = emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-req-headers",
+            "local:200|hi|content-type=application/json",
+        ),
+    );
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("application/json")
+    );
+}
+
+#[test]
+fn second_local_response_traps() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "local:403|a;local:401|b"),
+    );
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "local response already stashed"));
+}
+
+#[test]
+fn local_response_from_call_response_cancels_pending_dispatches() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!(
+        "dispatch:{t}|/slow/10|2000;dispatch:{t}|/slow/300|2000;pause",
+        t = server.target()
+    );
+    let started = Instant::now();
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &cmd)
+            .header("x-probe-call-response", "local:503|pdp down"),
+    );
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, b"pdp down\n");
+    assert!(has_line(
+        &emu,
+        "local response produced, cancelling pending dispatch operations"
+    ));
+    assert_eq!(lines_with(&emu, "step call-response").len(), 1);
+    assert!(started.elapsed() < Duration::from_millis(290));
+    assert!(!server.seen().iter().any(|s| s.line.starts_with("GET /a")));
+}
+
+#[test]
+fn local_response_from_response_headers_replaces_status_and_body_only() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-resp-headers",
+            "remove-resp-header:content-length;local:418|teapot|x-ignored=1",
+        ),
+    );
+    assert_eq!(resp.status, 418);
+    assert_eq!(resp.text(), "teapot\n");
+    assert_eq!(resp.header("x-ignored"), None, "headers argument ignored");
+    assert_eq!(resp.header("x-upstream").as_deref(), Some("1"));
+}
+
+#[test]
+fn local_response_from_response_headers_keeps_upstream_content_length() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-resp-headers", "local:403|forbidden"),
+    );
+    assert_eq!(resp.status, 403);
+    // Content-Length: 2 from the upstream stays: the client sees a broken body.
+    assert!(resp.framing_error.is_some());
+}
+
+#[test]
+fn local_response_from_response_body_traps() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-resp-body", "local:403|x"));
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "response already sent"));
+    assert_eq!(resp.text(), "ok");
+}
+
+// --------------------------------------------------------------- bodies
+
+#[test]
+fn response_body_buffering_gives_whole_body_with_eof() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        upstream_chunk_size: 10,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let resp = emu.send(
+        chain,
+        get("/chunked/35")
+            .header("x-probe-resp-body-1", "pause")
+            .header("x-probe-resp-body-2", "read-resp-body"),
+    );
+    assert_eq!(resp.body.len(), 35);
+    let calls = lines_with(&emu, "step resp-body id");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].contains("size=10 eof=false"));
+    assert!(calls[1].contains("size=35 eof=true"));
+    assert!(has_line(
+        &emu,
+        &format!("resp-body-data {}", "c".repeat(35))
+    ));
+}
+
+#[test]
+fn response_body_buffers_full_stream_on_without_eof() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        upstream_chunk_size: 10,
+        response_body_buffers: (2, 8),
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let resp = emu.send(
+        chain,
+        get("/chunked/40").header("x-probe-resp-body-1", "pause"),
+    );
+    assert_eq!(resp.body.len(), 40);
+    let sizes: Vec<String> = lines_with(&emu, "step resp-body id")
+        .iter()
+        .map(|l| l.split(" n=").nth(1).unwrap().to_string())
+        .collect();
+    // 16 bytes of buffers: the first piece (10, paused) fills 10; the second
+    // needs 4 bytes more than what is left, so the buffers are flushed with
+    // the whole second piece (20 bytes, eof=false); the rest streams on.
+    assert_eq!(
+        sizes,
+        vec![
+            "1 size=10 eof=false",
+            "2 size=20 eof=false",
+            "3 size=10 eof=false",
+            "4 size=10 eof=false",
+            "5 size=0 eof=true"
+        ]
+    );
+}
+
+#[test]
+fn content_length_upstream_in_pieces_never_gets_eof() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        upstream_chunk_size: 10,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    let resp = emu.send(chain, get("/big/30"));
+    assert_eq!(resp.body.len(), 30);
+    let calls = lines_with(&emu, "step resp-body id");
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c.contains("eof=false")), "{calls:?}");
+    // A single piece equal to Content-Length does get eof=true.
+    emu.take_logs();
+    emu.send(chain, get("/big/5"));
+    assert!(lines_with(&emu, "step resp-body id")[0].contains("size=5 eof=true"));
+}
+
+#[test]
+fn chunked_upstream_ends_with_empty_eof_call() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        upstream_chunk_size: 10,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    emu.send(chain, get("/chunked/20"));
+    let calls = lines_with(&emu, "step resp-body id");
+    assert_eq!(calls.len(), 3);
+    assert!(calls[2].contains("size=0 eof=true"));
+}
+
+#[test]
+fn set_response_body_cuts_value_to_size() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-resp-headers", "remove-resp-header:content-length")
+            .header("x-probe-resp-body-1", "set-resp-body:0|2|abcdef"),
+    );
+    assert_eq!(resp.text(), "ab");
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-resp-headers", "remove-resp-header:content-length")
+            .header("x-probe-resp-body-1", "set-resp-body:0|100|abcdef"),
+    );
+    assert_eq!(resp.text(), "abcdef");
+    assert_eq!(resp.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(resp.framing_error, None);
+}
+
+#[test]
+fn changing_body_length_without_removing_content_length_breaks_framing() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-resp-body-1", "set-resp-body:0|100|longer body"),
+    );
+    assert!(resp.framing_error.is_some());
+    assert_eq!(resp.text(), "lo");
+    assert!(has_line(
+        &emu,
+        "overriding response body chunk while Content-Length header already sent"
+    ));
+}
+
+// ------------------------------------------------------ headers & maps
+
+#[test]
+fn request_pseudo_headers_come_first() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut req = get("/a/./b/../c%20d?x=1&y").header("X-Mixed-Case", "v");
+    req.server_port = 8000;
+    emu.send(chain, req.header("x-probe-req-headers", "dump-req-headers"));
+    let dump = lines_with(&emu, "req-headers :path")[0].clone();
+    assert!(
+        dump.starts_with("req-headers :path: /a/c d?x=1&y | :method: GET | :scheme: http | :authority: kong:8000 | Host: example.com | X-Mixed-Case: v"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn response_headers_include_status_shims_and_kong_headers() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a").header("x-probe-resp-headers", "dump-resp-headers"),
+    );
+    let dump = lines_with(&emu, "resp-headers :status")[0].clone();
+    assert!(dump.starts_with("resp-headers :status: 200 | Content-Type: text/plain | Connection: keep-alive | Content-Length: 2"), "{dump}");
+    assert!(dump.contains("Via: 1.1 kong/3.9.3"));
+    assert!(dump.contains("X-Kong-Request-Id: "));
+}
+
+#[test]
+fn path_and_host_headers_alone_do_not_change_kong_proxying() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a?x=1").header(
+            "x-probe-req-headers",
+            "set-req-header::path=/changed;set-req-header:host=other.example",
+        ),
+    );
+    let seen = &server.seen()[0];
+    assert_eq!(seen.line, "GET /a?x=1 HTTP/1.1");
+    assert_eq!(
+        seen.header("host").as_deref(),
+        Some(&*format!("127.0.0.1:{}", server.port()))
+    );
+    emu.send(
+        chain,
+        get("/a?x=1").header(
+            "x-probe-req-headers",
+            "set-property:ngx.upstream_uri=/new?z=2;set-property:ngx.upstream_host=pinned.example",
+        ),
+    );
+    let seen = &server.seen()[1];
+    assert_eq!(seen.line, "GET /new?z=2 HTTP/1.1");
+    assert_eq!(seen.header("host").as_deref(), Some("pinned.example"));
+    assert_eq!(seen.header("x-forwarded-path").as_deref(), Some("/a"));
+}
+
+#[test]
+fn plain_nginx_proxies_path_and_host_header() {
+    let server = TestServer::start();
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    emu.send(
+        chain,
+        get("/a?x=1").header(
+            "x-probe-req-headers",
+            "set-req-header::path=/changed?q;set-req-header:host=other.example",
+        ),
+    );
+    let seen = &server.seen()[0];
+    assert_eq!(seen.line, "GET /changed?q HTTP/1.1");
+    assert_eq!(seen.header("host").as_deref(), Some("other.example"));
+}
+
+#[test]
+fn kong_proxies_with_forwarded_headers_and_strip_path() {
+    let server = TestServer::start();
+    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let mut service = Service::new("svc", "http", "127.0.0.1", server.port());
+    service.path = Some("/base".to_string());
+    let chain = emu
+        .add_chain(
+            service,
+            Route::new("rt", &["/echo"]),
+            vec![FilterEntry::new("probe", "")],
+        )
+        .unwrap();
+    let resp = emu.send(chain, get("/echo/x?y=1"));
+    assert_eq!(resp.status, 200);
+    let seen = &server.seen()[0];
+    assert_eq!(seen.line, "GET /base/x?y=1 HTTP/1.1");
+    assert_eq!(seen.header("x-forwarded-prefix").as_deref(), Some("/echo"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some("example.com")
+    );
+    assert_eq!(seen.header("x-forwarded-port").as_deref(), Some("8000"));
+    assert_eq!(seen.header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.header("via").as_deref(), Some("1.1 kong/3.9.3"));
+    // No route: Kong answers 404 itself, no filter runs.
+    emu.take_logs();
+    let resp = emu.send(chain, get("/other"));
+    assert_eq!(resp.status, 404);
+    assert!(resp.text().contains("no Route matched with those values"));
+    assert!(filter_lines(&emu).is_empty());
+}
+
+#[test]
+fn setting_response_headers_after_body_started_traps() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-resp-body", "add-resp-header:x=1"),
+    );
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        "can only set response headers before \"on_response_body\""
+    ));
+}
+
+// ----------------------------------------------------------- properties
+
+fn props(emu: &Emulator) -> Vec<String> {
+    lines_with(emu, "property ")
+}
+
+#[test]
+fn standard_and_ngx_properties() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut req = get("/a/%7Ex/../b?q=1").header(
+        "x-probe-req-headers",
+        "get-property:source.address;get-property:source.port;get-property:request.path;\
+         get-property:request.url_path;get-property:request.query;get-property:request.method;\
+         get-property:request.protocol;get-property:request.host;get-property:ngx.host;\
+         get-property:ngx.http_host;get-property:ngx.server_port;get-property:ngx.scheme;\
+         get-property:plugin_name;get-property:plugin_root_id;get-property:request.id;\
+         get-property:ngx.nonexistent;get-property:ngx.ssl_client_raw_cert",
+    );
+    req.client_addr = "10.1.2.3:5555".parse().unwrap();
+    req.headers[0].1 = b"Example.COM:8000".to_vec();
+    emu.send(chain, req);
+    let p = props(&emu);
+    let expect = [
+        "property source.address = 10.1.2.3",
+        "property source.port = 5555",
+        "property request.path = /a/%7Ex/../b?q=1",
+        "property request.url_path = /a/b",
+        "property request.query = q=1",
+        "property request.method = GET",
+        "property request.protocol = HTTP/1.1",
+        "property ngx.host = example.com",
+        "property ngx.http_host = Example.COM:8000",
+        "property ngx.server_port = 8000",
+        "property ngx.scheme = http",
+        "property plugin_name = probe",
+        "property plugin_root_id = 0",
+        "property request.id = <none>",
+        "property ngx.nonexistent = <none>",
+        "property ngx.ssl_client_raw_cert = <none>",
+    ];
+    for e in expect {
+        assert!(p.iter().any(|l| l == e), "missing {e:?} in {p:#?}");
+    }
+    // request.host is the machine's hostname, not the Host header.
+    let host = p
+        .iter()
+        .find(|l| l.starts_with("property request.host"))
+        .unwrap();
+    assert!(!host.contains("example.com"));
+}
+
+#[test]
+fn client_certificate_property() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut req = get("/a").header(
+        "x-probe-req-headers",
+        "get-property:ngx.ssl_client_raw_cert;get-property:connection.mtls",
+    );
+    req.tls = true;
+    req.client_cert_pem = Some("-----BEGIN CERTIFICATE-----X".to_string());
+    emu.send(chain, req);
+    let p = props(&emu);
+    assert!(
+        p.contains(&"property ngx.ssl_client_raw_cert = -----BEGIN CERTIFICATE-----X".to_string())
+    );
+    assert!(p.contains(&"property connection.mtls = true".to_string()));
+}
+
+#[test]
+fn kong_properties_inside_kong_only() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmds = "get-property:kong.router.service;get-property:kong.router.route;get-property:kong.route_id;\
+        get-property:kong.service_name;get-property:kong.version;get-property:kong.request.forwarded_scheme;\
+        get-property:kong.request.port;set-property:kong.ctx.shared.k=v1;get-property:kong.ctx.shared.k;\
+        get-property:kong.nothing";
+    emu.send(chain, get("/a").header("x-probe-req-headers", cmds));
+    let p = props(&emu);
+    let service = p
+        .iter()
+        .find(|l| l.starts_with("property kong.router.service"))
+        .unwrap();
+    assert!(
+        service.contains("\"host\":\"127.0.0.1\"") && service.contains("\"name\":\"svc\""),
+        "{service}"
+    );
+    let route = p
+        .iter()
+        .find(|l| l.starts_with("property kong.router.route"))
+        .unwrap();
+    assert!(
+        route.contains("\"paths\":[\"\\/\"]"),
+        "cjson escapes '/': {route}"
+    );
+    for e in [
+        "property kong.service_name = svc",
+        "property kong.version = 3.9.3",
+        "property kong.request.forwarded_scheme = http",
+        "property kong.request.port = 8000",
+        "property kong.ctx.shared.k = v1",
+        "property kong.nothing = <none>",
+    ] {
+        assert!(p.contains(&e.to_string()), "missing {e:?} in {p:#?}");
+    }
+
+    let server = TestServer::start();
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-req-headers",
+            "get-property:kong.router.service;get-property:kong.version",
+        ),
+    );
+    let p = props(&emu);
+    assert!(p.contains(&"property kong.router.service = <none>".to_string()));
+    assert!(p.contains(&"property kong.version = <none>".to_string()));
+}
+
+#[test]
+fn kong_service_target_changes_the_upstream() {
+    let server = TestServer::start();
+    let other = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!(
+        "set-property:kong.service.target=127.0.0.1:{}",
+        other.port()
+    );
+    emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert!(server.seen().is_empty());
+    assert_eq!(other.seen().len(), 1);
+    // A bad value makes the host trap.
+    let resp = emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-req-headers",
+            "set-property:kong.service.target=nope",
+        ),
+    );
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        "could not set \"kong.service.target\": unknown error"
+    ));
+}
+
+#[test]
+fn setting_unchangeable_ngx_variable_fails_and_sdk_traps() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "set-property:ngx.host=x"),
+    );
+    assert_eq!(resp.status, 500);
+    assert!(resp.trapped, "the Rust SDK panics on InternalFailure");
+    assert!(has_line(&emu, "variable \"host\" is not changeable"));
+}
+
+#[test]
+fn scoped_properties_refused_outside_requests() {
+    let server = TestServer::start();
+    let (emu, _chain) = setup(HostOptions::default(), &server, "prop:kong.version");
+    assert!(has_line(
+        &emu,
+        "cannot get scoped properties outside of a request"
+    ));
+    assert!(has_line(&emu, "property kong.version = <err 10>"));
+    let (emu, _chain) = setup(HostOptions::default(), &server, "prop:plugin_name");
+    assert!(has_line(&emu, "property plugin_name = probe"));
+}
+
+// ------------------------------------------------ configuration & roots
+
+#[test]
+fn configure_false_refuses_the_chain_with_its_logs() {
+    let server = TestServer::start();
+    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let err = emu
+        .add_chain(
+            Service::new("s", "http", "127.0.0.1", server.port()),
+            Route::new("r", &["/"]),
+            vec![
+                FilterEntry::new("probe", "ok"),
+                FilterEntry::new("probe", "fail"),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(err.entry, 1);
+    assert_eq!(err.reason, "on_configure returned false");
+    assert!(err.logs.iter().any(|l| l.message.contains("config=fail")));
+}
+
+#[test]
+fn chains_share_one_instance_and_each_entry_has_its_root() {
+    let server = TestServer::start();
+    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let a = emu
+        .add_chain(
+            Service::new("a", "http", "127.0.0.1", server.port()),
+            Route::new("a", &["/"]),
+            vec![
+                FilterEntry::new("probe", "one"),
+                FilterEntry::new("probe", "two"),
+            ],
+        )
+        .unwrap();
+    let b = emu
+        .add_chain(
+            Service::new("b", "http", "127.0.0.1", server.port()),
+            Route::new("b", &["/"]),
+            vec![FilterEntry::new("probe", "three")],
+        )
+        .unwrap();
+    assert_eq!(
+        lines_with(&emu, "vm_start").len(),
+        3,
+        "one per root context"
+    );
+    assert_eq!(lines_with(&emu, "configure").len(), 3);
+    emu.send(a, get("/x"));
+    emu.send(b, get("/x"));
+    assert_eq!(emu.stats().instances_created, 1);
+    // Both filters of chain a ran, in order.
+    let req_steps = lines_with(&emu, "step req-headers id");
+    assert_eq!(req_steps.len(), 3);
+}
+
+#[test]
+fn filters_of_a_chain_run_in_order_and_a_local_response_stops_the_rest() {
+    let server = TestServer::start();
+    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let chain = emu
+        .add_chain(
+            Service::new("a", "http", "127.0.0.1", server.port()),
+            Route::new("a", &["/"]),
+            vec![
+                FilterEntry::new("probe", "one"),
+                FilterEntry::new("probe", "two"),
+            ],
+        )
+        .unwrap();
+    let resp = emu.send(
+        chain,
+        get("/x").header("x-probe-req-headers", "local:403|no"),
+    );
+    assert_eq!(resp.status, 403);
+    // Only the first filter got on_request_headers; both get the response steps.
+    assert_eq!(lines_with(&emu, "step req-headers id").len(), 1);
+    assert_eq!(lines_with(&emu, "step resp-headers id").len(), 2);
+}
+
+#[test]
+fn ticks_run_on_the_root_context() {
+    let server = TestServer::start();
+    let (mut emu, _chain) = setup(HostOptions::default(), &server, "tick:30");
+    emu.run_until_idle(Duration::from_millis(120));
+    assert!(lines_with(&emu, "tick root=").len() >= 2);
+}
+
+// ------------------------------------------- host functions & loading
+
+#[test]
+fn nyi_host_functions_trap() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "raw:done"));
+    assert_eq!(resp.status, 500);
+    assert!(has_line(
+        &emu,
+        "host trap (function not yet implemented): proxy_done"
+    ));
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "raw:reset"));
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "proxy_close_stream"));
+}
+
+#[test]
+fn shared_data_needs_shm_kv() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "raw:shared-set"),
+    );
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "could not resolve namespace"));
+    let opts = HostOptions {
+        shm_kv: true,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(opts, &server, "");
+    emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "raw:shared-set;raw:shared-get"),
+    );
+    assert!(has_line(&emu, "raw shared-get Ok((Some(1), Some(1)))"));
+}
+
+#[test]
+fn metrics_and_time_host_functions() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "raw:metric;raw:time"),
+    );
+    assert!(has_line(&emu, "raw metric inc Ok(())"));
+    assert!(has_line(&emu, "raw metric get Ok(1)"));
+    assert!(has_line(&emu, "raw time ok=true"));
+    let stats = emu.stats();
+    assert!(stats.hostcalls.get("proxy_log").copied().unwrap_or(0) > 0);
+    assert!(stats.memory_bytes > 0);
+    assert!(stats.wasm_time > Duration::ZERO);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", "raw:foreign"),
+    );
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "unknown foreign function"));
+}
+
+/// A minimal module: the exports Kong requires plus one import.
+fn module_importing(import_module: &str, import_name: &str, params: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn name(s: &str, out: &mut Vec<u8>) {
+        leb(s.len(), out);
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // types: 0 = import type, 1 = () -> (), 2 = (i32,i32) -> (), 3 = (i32,i32) -> i32, 4 = (i32)->i32
+    let mut types = vec![5];
+    types.extend([0x60]);
+    leb(params.len(), &mut types);
+    types.extend_from_slice(params);
+    types.extend([1, 0x7f]);
+    types.extend([0x60, 0, 0]);
+    types.extend([0x60, 2, 0x7f, 0x7f, 0]);
+    types.extend([0x60, 2, 0x7f, 0x7f, 1, 0x7f]);
+    types.extend([0x60, 1, 0x7f, 1, 0x7f]);
+    section(1, types, &mut m);
+    let mut imports = vec![1];
+    name(import_module, &mut imports);
+    name(import_name, &mut imports);
+    imports.extend([0, 0]);
+    section(2, imports, &mut m);
+    // functions: abi marker, context_create, vm_start, configure, malloc
+    section(3, vec![5, 1, 2, 3, 3, 4], &mut m);
+    section(5, vec![1, 0, 1], &mut m);
+    let mut exports = vec![6];
+    for (n, idx) in [
+        ("proxy_abi_version_0_2_1", 1u8),
+        ("proxy_on_context_create", 2),
+        ("proxy_on_vm_start", 3),
+        ("proxy_on_configure", 4),
+        ("malloc", 5),
+    ] {
+        name(n, &mut exports);
+        exports.extend([0, idx]);
+    }
+    name("memory", &mut exports);
+    exports.extend([2, 0]);
+    section(7, exports, &mut m);
+    let bodies: Vec<Vec<u8>> = vec![
+        vec![0, 0x0b],
+        vec![0, 0x0b],
+        vec![0, 0x41, 1, 0x0b],
+        vec![0, 0x41, 1, 0x0b],
+        vec![0, 0x41, 16, 0x0b],
+    ];
+    let mut code = vec![5];
+    for b in bodies {
+        leb(b.len(), &mut code);
+        code.extend(b);
+    }
+    section(10, code, &mut m);
+    m
+}
+
+#[test]
+fn modules_importing_unknown_functions_fail_to_load() {
+    let dir = std::env::temp_dir().join(format!("emu-imports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = dir.join("ok.wasm");
+    std::fs::write(
+        &ok,
+        module_importing("wasi_snapshot_preview1", "random_get", &[0x7f, 0x7f]),
+    )
+    .unwrap();
+    assert!(Emulator::new(&ok, HostOptions::default()).is_ok());
+
+    let poll = dir.join("poll.wasm");
+    std::fs::write(
+        &poll,
+        module_importing("wasi_snapshot_preview1", "poll_oneoff", &[0x7f; 4]),
+    )
+    .unwrap();
+    let err = Emulator::new(&poll, HostOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("poll_oneoff"), "{err}");
+
+    // The SDK declares proxy_get_log_level(i32); Kong defines it with two.
+    let level = dir.join("level.wasm");
+    std::fs::write(
+        &level,
+        module_importing("env", "proxy_get_log_level", &[0x7f]),
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        Emulator::new(&level, HostOptions::default()).err().unwrap()
+    );
+    assert!(err.contains("proxy_get_log_level"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------- traps in dispatch callbacks
+
+#[test]
+fn trap_in_call_response_of_bodyless_request_lets_it_through() {
+    // Read from ngx_wasm_module's source (not observed): the pausing filter
+    // already completed its request-headers step, so after the callback
+    // traps the request resumes and is proxied; only the response steps
+    // notice the failed filter.
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &cmd)
+            .header("x-probe-call-response", "trap"),
+    );
+    assert!(resp.trapped);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ok");
+    assert_eq!(resp.upstream_requests, 1);
+    assert!(has_line(
+        &emu,
+        "filter chain failed resuming: previous error"
+    ));
+
+    // With a body, the body step finds the failed filter: 500.
+    let resp = emu.send(
+        chain,
+        ClientRequest::post("/a", b"x")
+            .header("x-probe-req-headers", &cmd)
+            .header("x-probe-call-response", "trap"),
+    );
+    assert_eq!(resp.status, 500);
+}
+
+#[test]
+fn in_flight_dispatch_of_a_request_survives_another_requests_trap() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let slow = format!("dispatch:{}|/slow/100|2000;pause", server.target());
+    let a = emu.start(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", &slow)
+            .header("x-probe-call-response", "log:never"),
+    );
+    let b = emu.send(chain, get("/b").header("x-probe-req-headers", "trap"));
+    assert_eq!(b.status, 500);
+    let ra = emu.finish(a);
+    // The response arrives in a new instance that does not know the token:
+    // the SDK panics there, the request of a body-less call goes on.
+    assert!(has_line(&emu, "failed resuming after dispatch"));
+    assert!(!has_line(&emu, "never"));
+    assert_eq!(ra.status, 200);
+}
+
+// -------------------------------------------------------------- TLS & h2
+
+/// A TLS server on 127.0.0.1 answering every request with 200 `secure`,
+/// with a certificate for `pdp.example` signed by a test CA.
+struct TlsServer {
+    addr: SocketAddr,
+    ca_pem: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsServer {
+    fn start(dir: &std::path::Path) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "emulator test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["pdp.example".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut tcp) = conn else { continue };
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+                    let Ok(mut tls) = rustls::ServerConnection::new(config.clone()) else {
+                        continue;
+                    };
+                    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+                    let mut buf = [0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure",
+                    );
+                    let _ = stream.flush();
+                    tls.send_close_notify();
+                    let _ = tls.complete_io(&mut tcp);
+                }
+            })
+        };
+        Self {
+            addr,
+            ca_pem,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn tls_dispatch_verification_follows_the_global_settings() {
+    let dir = std::env::temp_dir().join(format!("emu-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tls = TlsServer::start(&dir);
+    let upstream = TestServer::start();
+    let target = format!("127.0.0.1:{}", tls.addr.port());
+    let call = |opts: HostOptions, authority: &str| -> String {
+        let (mut emu, chain) = setup(opts, &upstream, "");
+        let cmd = format!("dispatch:{target}|/x|2000|https|{authority};pause");
+        emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+        lines_with(&emu, "step call-response")
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let trusted = HostOptions {
+        tls_trusted_certificate: Some(tls.ca_pem.clone()),
+        ..HostOptions::default()
+    };
+    assert!(call(trusted.clone(), "pdp.example").contains("status=Some(\"200\")"));
+    // Wrong name, no CA, verification off, name check off.
+    assert!(call(trusted.clone(), "other.example").contains("tls handshake failure"));
+    assert!(call(HostOptions::default(), "pdp.example").contains("tls handshake failure"));
+    let off = HostOptions {
+        tls_verify_cert: false,
+        tls_verify_host: false,
+        ..HostOptions::default()
+    };
+    assert!(call(off, "other.example").contains("status=Some(\"200\")"));
+    let no_host = HostOptions {
+        tls_verify_host: false,
+        ..trusted
+    };
+    assert!(call(no_host, "other.example").contains("status=Some(\"200\")"));
+    drop(tls);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn http2_and_http10_clients() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut req = ClientRequest::post("/a", b"h2 body")
+        .header("X-Upper", "v")
+        .header(
+            "x-probe-req-headers",
+            "get-property:request.protocol;dump-req-headers",
+        );
+    req.version = HttpVersion::Http2;
+    req.body_mode = BodyMode::NoLength;
+    let resp = emu.send(chain, req);
+    assert_eq!(resp.status, 200);
+    assert!(has_line(&emu, "property request.protocol = HTTP/2.0"));
+    assert!(
+        has_line(&emu, "x-upper: v"),
+        "names are lower case on HTTP/2"
+    );
+    assert!(lines_with(&emu, "step req-body")[0].contains("size=7 eof=true"));
+    assert!(resp.header("connection").is_none());
+    assert_eq!(server.seen()[0].body, b"h2 body");
+
+    emu.take_logs();
+    let mut req = get("/a").header("x-probe-req-headers", "get-property:request.protocol");
+    req.version = HttpVersion::Http10;
+    let resp = emu.send(chain, req);
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    assert!(has_line(&emu, "property request.protocol = HTTP/1.0"));
+}
