@@ -1,0 +1,61 @@
+# ping_auth: proxy-wasm filter for Kong Gateway 3.9 / 3.10 (see README.md).
+#
+#   make build        dist/ping_auth.wasm (+ meta.json, SHA256SUMS)
+#   make test         lint + all tests (+ docker-compose file check)
+#   make lint         rustfmt, clippy (native and wasm32), generated schemas up to date
+#   make bench        benchmarks
+#   make demo         Docker demo (Kong 3.9.3); make demo-local: the same without Docker
+#   make clean
+
+CARGO   ?= cargo
+COMPOSE ?= docker-compose
+TARGET  := wasm32-wasip1
+WASM    := target/$(TARGET)/release/ping_auth.wasm
+DEMO    := examples/docker-compose.yml
+
+.PHONY: build test lint bench demo demo-local clean
+
+build:
+	$(CARGO) build --release -p ping-auth --target $(TARGET)
+	mkdir -p dist
+	@if command -v wasm-opt >/dev/null 2>&1; then \
+		echo "wasm-opt -Oz $(WASM) -> dist/ping_auth.wasm"; \
+		wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+			--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+			$(WASM) -o dist/ping_auth.wasm; \
+	else \
+		echo "wasm-opt not found (Debian: binaryen): copying the unoptimised module"; \
+		cp $(WASM) dist/ping_auth.wasm; \
+	fi
+	cp schema/ping_auth.meta.json dist/ping_auth.meta.json
+	cd dist && sha256sum ping_auth.wasm ping_auth.meta.json > SHA256SUMS
+	@ls -l dist
+
+test: lint
+	$(CARGO) test --workspace
+	@if command -v $(COMPOSE) >/dev/null 2>&1; then \
+		$(COMPOSE) -f $(DEMO) config -q && echo "$(DEMO): valid"; \
+	else \
+		echo "$(COMPOSE) not found: $(DEMO) not checked"; \
+	fi
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p ping-auth --target $(TARGET) -- -D warnings
+	$(CARGO) run --quiet -p ping-auth-harness --bin gen-schema -- --check
+
+bench:
+	$(CARGO) run --release -p ping-auth-harness --bin bench
+
+# BuildKit (default in Compose v2; opted into here for docker-compose v1) reads
+# examples/Dockerfile.dockerignore, which keeps target/ out of the build context.
+demo: build
+	COMPOSE_DOCKER_CLI_BUILD=1 DOCKER_BUILDKIT=1 $(COMPOSE) -f $(DEMO) up --build
+
+demo-local: build
+	scripts/demo-local.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf dist

@@ -1,0 +1,410 @@
+//! Generates the filter's two configuration schemas from `ping_auth::config::FIELDS`:
+//!
+//! - `schema/ping_auth.meta.json`: Kong's filter metadata (`config_schema`, JSON Schema
+//!   draft 4, validated by Kong with lua-resty-ljsonschema);
+//! - `schema/schema.lua`: a Konnect custom-plugin schema named `ping_auth` with the same
+//!   fields, defaults and validation (self-contained, no `require`).
+//!
+//! `gen-schema` writes both files; `gen-schema --check` writes nothing and exits 1 when
+//! a committed file differs from what would be generated.
+//!
+//! `config::parse` checks two things that `FIELDS` has no slot for (the header name is
+//! an HTTP token; the secret has no CR, LF or NUL): they are [`HEADER_NAME_PATTERN`] and
+//! [`SECRET_PATTERN`] here and `validate_header_name` / `validate_secret` in the Lua.
+//! `harness/tests/schema.rs` checks that both schemas and the parser agree on every
+//! fixture in `schema/fixtures/`.
+
+use ping_auth::config::{Default, FieldKind, FieldSpec, FIELDS, URL_PATTERN};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `secret_header_name`: an RFC 9110 token (`config::is_token`). `$(?!\n)` because PCRE
+/// (Kong) lets `$` match before a final newline.
+const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$(?!\n)";
+/// `shared_secret`: no CR, LF or NUL (it is sent as a header value).
+const SECRET_PATTERN: &str = r"^[^\r\n\x00]+$(?!\n)";
+
+const META_PATH: &str = "schema/ping_auth.meta.json";
+const LUA_PATH: &str = "schema/schema.lua";
+
+fn extra_pattern(name: &str) -> Option<&'static str> {
+    match name {
+        "secret_header_name" => Some(HEADER_NAME_PATTERN),
+        "shared_secret" => Some(SECRET_PATTERN),
+        _ => None,
+    }
+}
+
+fn lua_validator(f: &FieldSpec) -> Option<&'static str> {
+    match (f.name, f.kind) {
+        (_, FieldKind::String { url: true }) => Some("validate_url"),
+        ("secret_header_name", _) => Some("validate_header_name"),
+        ("shared_secret", _) => Some("validate_secret"),
+        _ => None,
+    }
+}
+
+fn default_json(d: Default) -> Value {
+    match d {
+        Default::Integer(i) => json!(i),
+        Default::Boolean(b) => json!(b),
+    }
+}
+
+fn default_lua(d: Default) -> String {
+    match d {
+        Default::Integer(i) => i.to_string(),
+        Default::Boolean(b) => b.to_string(),
+    }
+}
+
+/// The JSON Schema of one field. Optional fields also accept `null`: Kong and Konnect
+/// store an unset optional field as null, and `config::parse` treats null as absent.
+fn field_schema(f: &FieldSpec) -> Value {
+    let base = match f.kind {
+        FieldKind::String { .. } => "string",
+        FieldKind::Integer { .. } => "integer",
+        FieldKind::Boolean => "boolean",
+    };
+    let mut s = Map::new();
+    s.insert("description".into(), json!(f.description));
+    s.insert(
+        "type".into(),
+        if f.required {
+            json!(base)
+        } else {
+            json!([base, "null"])
+        },
+    );
+    match f.kind {
+        FieldKind::String { url } => {
+            s.insert("minLength".into(), json!(1));
+            if url {
+                s.insert("pattern".into(), json!(URL_PATTERN));
+            } else if let Some(p) = extra_pattern(f.name) {
+                s.insert("pattern".into(), json!(p));
+            }
+        }
+        FieldKind::Integer { min, max } => {
+            s.insert("minimum".into(), json!(min));
+            s.insert("maximum".into(), json!(max));
+        }
+        FieldKind::Boolean => {}
+    }
+    if let Some(d) = f.default {
+        s.insert("default".into(), default_json(d));
+    }
+    Value::Object(s)
+}
+
+fn meta_json() -> Result<String, serde_json::Error> {
+    let properties: Map<String, Value> = FIELDS
+        .iter()
+        .map(|f| (f.name.to_string(), field_schema(f)))
+        .collect();
+    let required: Vec<&str> = FIELDS
+        .iter()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
+    let meta = json!({
+        "config_schema": {
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "title": "ping_auth",
+            "description": "Configuration of the ping_auth filter (Ping Identity Sideband authorization). \
+                            Generated from src/config.rs by gen-schema; do not edit.",
+            "type": "object",
+            "required": required,
+            "additionalProperties": false,
+            "properties": properties,
+        }
+    });
+    let mut out = serde_json::to_string_pretty(&meta)?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// A Lua double-quoted string literal.
+fn lua_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for b in s.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\{b}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn lua_field(f: &FieldSpec) -> String {
+    let mut attrs: Vec<String> = Vec::new();
+    match f.kind {
+        FieldKind::String { .. } => attrs.push("type = \"string\"".into()),
+        FieldKind::Integer { min, max } => {
+            attrs.push("type = \"integer\"".into());
+            attrs.push(format!("between = {{ {min}, {max} }}"));
+        }
+        FieldKind::Boolean => attrs.push("type = \"boolean\"".into()),
+    }
+    attrs.push(format!("required = {}", f.required));
+    if let Some(d) = f.default {
+        attrs.push(format!("default = {}", default_lua(d)));
+    }
+    if f.referenceable {
+        attrs.push("referenceable = true".into());
+    }
+    if f.secret {
+        // Kong Enterprise keyring encryption at rest; ignored where there is no keyring.
+        attrs.push("encrypted = true".into());
+    }
+    if let Some(v) = lua_validator(f) {
+        attrs.push(format!("custom_validator = {v}"));
+    }
+    attrs.push(format!("description = {}", lua_str(f.description)));
+    let origin = match f.lua {
+        Some(l) if l == f.name => "Lua ping-auth: same field".to_string(),
+        Some(l) => format!("Lua ping-auth: {l}"),
+        None => "added by ping_auth (not in the Lua plugin)".to_string(),
+    };
+    let mut out = format!("          -- {origin}\n          {{ {} = {{\n", f.name);
+    for a in attrs {
+        out.push_str(&format!("              {a},\n"));
+    }
+    out.push_str("          } },\n");
+    out
+}
+
+const LUA_HEADER: &str = r##"-- Konnect custom-plugin schema for the ping_auth Wasm filter.
+--
+-- GENERATED from src/config.rs (FIELDS) by
+--   cargo run -p ping-auth-harness --bin gen-schema
+-- Do not edit by hand: `gen-schema --check` (make lint) fails when this file is stale.
+--
+-- Upload it to a Konnect control plane (kong/konnect.md). The data planes run the
+-- filter itself (ping_auth.wasm, Kong 3.9 / 3.10 with wasm = on), not a Lua plugin:
+-- never install this file as a Lua plugin next to the filter, Kong refuses a Lua
+-- plugin and a filter with the same name.
+--
+-- Self-contained on purpose (Konnect accepts no require() in schema.lua); the
+-- validators implement the same rules as config::parse in src/config.rs.
+
+local null = ngx.null
+
+local function has_whitespace(s)
+  -- ASCII white space, then the other Unicode White_Space characters in UTF-8
+  -- (U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F,
+  -- U+3000), as Rust's char::is_whitespace.
+  if s:find("[\t\n\v\f\r ]") then
+    return true
+  end
+  local multibyte = {
+    "\194\133", "\194\160", "\225\154\128", "\226\128\168", "\226\128\169",
+    "\226\128\175", "\226\129\159", "\227\128\128",
+  }
+  for i = 1, #multibyte do
+    if s:find(multibyte[i], 1, true) then
+      return true
+    end
+  end
+  for b = 128, 138 do -- U+2000..U+200A
+    if s:find("\226\128" .. string.char(b), 1, true) then
+      return true
+    end
+  end
+  return false
+end
+
+-- http(s)://host[:port][/path][?query], as config::parse_url: scheme http or https
+-- in any case; host = letters, digits, . _ ~ - or a bracketed IPv6 literal; port
+-- 1..65535 without leading zero; no user@, no #fragment, no white space.
+local function url_error(url)
+  local s, e = url:find("://", 1, true)
+  if not s then
+    if url:sub(1, 4):lower() == "http" then
+      return "URL must start with http:// or https://"
+    end
+    return "URL scheme must be either 'http' or 'https'"
+  end
+  local scheme = url:sub(1, s - 1):lower()
+  if scheme ~= "http" and scheme ~= "https" then
+    return "URL scheme must be either 'http' or 'https'"
+  end
+  local rest = url:sub(e + 1)
+  local auth_end = rest:find("[/?]") or (#rest + 1)
+  local authority = rest:sub(1, auth_end - 1)
+  local tail = rest:sub(auth_end)
+  if authority == "" then
+    return "URL host cannot be blank"
+  end
+  if authority:find("@", 1, true) then
+    return "URL must not contain credentials (user@host)"
+  end
+  local host, port
+  if authority:sub(1, 1) == "[" then
+    local close = authority:find("]", 1, true)
+    if not close then
+      return "URL host has an unterminated IPv6 literal"
+    end
+    host = authority:sub(1, close)
+    local inner = host:sub(2, -2)
+    if inner == "" or inner:find("[^0-9A-Fa-f:%.]") then
+      return "URL host is not a valid IPv6 literal"
+    end
+    local after = authority:sub(close + 1)
+    if after ~= "" then
+      if after:sub(1, 1) ~= ":" then
+        return "URL host is followed by garbage"
+      end
+      port = after:sub(2)
+    end
+  else
+    local colon = authority:find(":", 1, true)
+    if colon then
+      host, port = authority:sub(1, colon - 1), authority:sub(colon + 1)
+    else
+      host = authority
+    end
+    if host == "" then
+      return "URL host cannot be blank"
+    end
+    if host:find("[^A-Za-z0-9%._~%-]") then
+      return "URL host may contain only letters, digits, '.', '-', '_' and '~'"
+    end
+  end
+  if port ~= nil then
+    if port == "" or #port > 5 or port:find("[^0-9]") or port:sub(1, 1) == "0"
+       or tonumber(port) > 65535 then
+      return "URL port must be a number from 1 to 65535, got '" .. port .. "'"
+    end
+  end
+  if tail:find("#", 1, true) then
+    return "URL must not contain a fragment (#)"
+  end
+  if has_whitespace(tail) or has_whitespace(authority) then
+    return "URL must not contain white space"
+  end
+  return nil
+end
+
+local function validate_url(value)
+  local err = url_error(value)
+  if err then
+    return nil, err
+  end
+  return true
+end
+
+-- An RFC 9110 token, as config::is_token.
+local function validate_header_name(value)
+  if value:find("[^A-Za-z0-9!#$%%&'*+%-.^_`|~]") then
+    return nil, "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+  end
+  return true
+end
+
+local function validate_secret(value)
+  if value:find("\r", 1, true) or value:find("\n", 1, true) or value:find("\0", 1, true) then
+    return nil, "must not contain CR, LF or NUL (it is sent as a header value)"
+  end
+  return true
+end
+
+return {
+  name = "ping_auth",
+  fields = {
+    -- Kong 3.9 / 3.10 filter plugins refuse consumer scoping and need a service or
+    -- a route (entity_checks below).
+    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { protocols = {
+        type = "set",
+        required = true,
+        default = { "http", "https" },
+        elements = { type = "string", one_of = { "http", "https" } },
+    } },
+    { config = {
+        type = "record",
+        fields = {
+"##;
+
+const LUA_FOOTER: &str = r#"        },
+    } },
+  },
+  entity_checks = {
+    { mutually_exclusive = { "service", "route" } },
+    { at_least_one_of = { "service", "route" } },
+  },
+}
+"#;
+
+fn schema_lua() -> String {
+    let mut out = String::from(LUA_HEADER);
+    for f in FIELDS {
+        out.push_str(&lua_field(f));
+    }
+    out.push_str(LUA_FOOTER);
+    out
+}
+
+fn workspace_root() -> Result<PathBuf, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "cannot find the workspace root".to_string())
+}
+
+fn run(check: bool) -> Result<bool, String> {
+    let root = workspace_root()?;
+    let meta = meta_json().map_err(|e| format!("cannot render {META_PATH}: {e}"))?;
+    let files = [(META_PATH, meta), (LUA_PATH, schema_lua())];
+    let mut up_to_date = true;
+    for (rel, content) in &files {
+        let path = root.join(rel);
+        if check {
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current != *content {
+                eprintln!(
+                    "{rel} is out of date: run `cargo run -p ping-auth-harness --bin gen-schema`"
+                );
+                up_to_date = false;
+            }
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            std::fs::write(&path, content).map_err(|e| format!("cannot write {rel}: {e}"))?;
+            println!("wrote {rel}");
+        }
+    }
+    Ok(up_to_date)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let check = match args.as_slice() {
+        [] => false,
+        [flag] if flag == "--check" => true,
+        _ => {
+            eprintln!("usage: gen-schema [--check]");
+            return ExitCode::from(2);
+        }
+    };
+    match run(check) {
+        Ok(true) => {
+            if check {
+                println!("{META_PATH} and {LUA_PATH} are up to date");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("gen-schema: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+-- Konnect custom-plugin schema for the ping_auth Wasm filter.
+--
+-- GENERATED from src/config.rs (FIELDS) by
+--   cargo run -p ping-auth-harness --bin gen-schema
+-- Do not edit by hand: `gen-schema --check` (make lint) fails when this file is stale.
+--
+-- Upload it to a Konnect control plane (kong/konnect.md). The data planes run the
+-- filter itself (ping_auth.wasm, Kong 3.9 / 3.10 with wasm = on), not a Lua plugin:
+-- never install this file as a Lua plugin next to the filter, Kong refuses a Lua
+-- plugin and a filter with the same name.
+--
+-- Self-contained on purpose (Konnect accepts no require() in schema.lua); the
+-- validators implement the same rules as config::parse in src/config.rs.
+
+local null = ngx.null
+
+local function has_whitespace(s)
+  -- ASCII white space, then the other Unicode White_Space characters in UTF-8
+  -- (U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F,
+  -- U+3000), as Rust's char::is_whitespace.
+  if s:find("[\t\n\v\f\r ]") then
+    return true
+  end
+  local multibyte = {
+    "\194\133", "\194\160", "\225\154\128", "\226\128\168", "\226\128\169",
+    "\226\128\175", "\226\129\159", "\227\128\128",
+  }
+  for i = 1, #multibyte do
+    if s:find(multibyte[i], 1, true) then
+      return true
+    end
+  end
+  for b = 128, 138 do -- U+2000..U+200A
+    if s:find("\226\128" .. string.char(b), 1, true) then
+      return true
+    end
+  end
+  return false
+end
+
+-- http(s)://host[:port][/path][?query], as config::parse_url: scheme http or https
+-- in any case; host = letters, digits, . _ ~ - or a bracketed IPv6 literal; port
+-- 1..65535 without leading zero; no user@, no #fragment, no white space.
+local function url_error(url)
+  local s, e = url:find("://", 1, true)
+  if not s then
+    if url:sub(1, 4):lower() == "http" then
+      return "URL must start with http:// or https://"
+    end
+    return "URL scheme must be either 'http' or 'https'"
+  end
+  local scheme = url:sub(1, s - 1):lower()
+  if scheme ~= "http" and scheme ~= "https" then
+    return "URL scheme must be either 'http' or 'https'"
+  end
+  local rest = url:sub(e + 1)
+  local auth_end = rest:find("[/?]") or (#rest + 1)
+  local authority = rest:sub(1, auth_end - 1)
+  local tail = rest:sub(auth_end)
+  if authority == "" then
+    return "URL host cannot be blank"
+  end
+  if authority:find("@", 1, true) then
+    return "URL must not contain credentials (user@host)"
+  end
+  local host, port
+  if authority:sub(1, 1) == "[" then
+    local close = authority:find("]", 1, true)
+    if not close then
+      return "URL host has an unterminated IPv6 literal"
+    end
+    host = authority:sub(1, close)
+    local inner = host:sub(2, -2)
+    if inner == "" or inner:find("[^0-9A-Fa-f:%.]") then
+      return "URL host is not a valid IPv6 literal"
+    end
+    local after = authority:sub(close + 1)
+    if after ~= "" then
+      if after:sub(1, 1) ~= ":" then
+        return "URL host is followed by garbage"
+      end
+      port = after:sub(2)
+    end
+  else
+    local colon = authority:find(":", 1, true)
+    if colon then
+      host, port = authority:sub(1, colon - 1), authority:sub(colon + 1)
+    else
+      host = authority
+    end
+    if host == "" then
+      return "URL host cannot be blank"
+    end
+    if host:find("[^A-Za-z0-9%._~%-]") then
+      return "URL host may contain only letters, digits, '.', '-', '_' and '~'"
+    end
+  end
+  if port ~= nil then
+    if port == "" or #port > 5 or port:find("[^0-9]") or port:sub(1, 1) == "0"
+       or tonumber(port) > 65535 then
+      return "URL port must be a number from 1 to 65535, got '" .. port .. "'"
+    end
+  end
+  if tail:find("#", 1, true) then
+    return "URL must not contain a fragment (#)"
+  end
+  if has_whitespace(tail) or has_whitespace(authority) then
+    return "URL must not contain white space"
+  end
+  return nil
+end
+
+local function validate_url(value)
+  local err = url_error(value)
+  if err then
+    return nil, err
+  end
+  return true
+end
+
+-- An RFC 9110 token, as config::is_token.
+local function validate_header_name(value)
+  if value:find("[^A-Za-z0-9!#$%%&'*+%-.^_`|~]") then
+    return nil, "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+  end
+  return true
+end
+
+local function validate_secret(value)
+  if value:find("\r", 1, true) or value:find("\n", 1, true) or value:find("\0", 1, true) then
+    return nil, "must not contain CR, LF or NUL (it is sent as a header value)"
+  end
+  return true
+end
+
+return {
+  name = "ping_auth",
+  fields = {
+    -- Kong 3.9 / 3.10 filter plugins refuse consumer scoping and need a service or
+    -- a route (entity_checks below).
+    { consumer = { type = "foreign", reference = "consumers", eq = null } },
+    { protocols = {
+        type = "set",
+        required = true,
+        default = { "http", "https" },
+        elements = { type = "string", one_of = { "http", "https" } },
+    } },
+    { config = {
+        type = "record",
+        fields = {
+          -- Lua ping-auth: same field
+          { service_url = {
+              type = "string",
+              required = true,
+              custom_validator = validate_url,
+              description = "Base URL of the policy provider (PingAuthorize, PingOne Authorize, PingAccess), without /sideband. http or https, host, optional port, path and query.",
+          } },
+          -- Lua ping-auth: same field
+          { shared_secret = {
+              type = "string",
+              required = true,
+              referenceable = true,
+              encrypted = true,
+              custom_validator = validate_secret,
+              description = "Shared secret sent in the secret_header_name header of every sideband call.",
+          } },
+          -- Lua ping-auth: same field
+          { secret_header_name = {
+              type = "string",
+              required = true,
+              custom_validator = validate_header_name,
+              description = "Name of the header that carries the shared secret (Ping products default to CLIENT-TOKEN).",
+          } },
+          -- Lua ping-auth: same field
+          { connection_timeout_ms = {
+              type = "integer",
+              between = { 1, 2147483647 },
+              required = false,
+              default = 10000,
+              description = "Timeout of each sideband call in milliseconds, applied by the host to connect, send and read separately.",
+          } },
+          -- Lua ping-auth: same field
+          { connection_keepAlive_ms = {
+              type = "integer",
+              between = { 1, 2147483647 },
+              required = false,
+              default = 60000,
+              description = "Accepted for compatibility; Kong's Wasm host opens one connection per sideband call (no keep-alive).",
+          } },
+          -- Lua ping-auth: same field
+          { verify_service_certificate = {
+              type = "boolean",
+              required = false,
+              default = true,
+              description = "Accepted for compatibility; certificate verification of sideband calls is the host's global wasm TLS setting (nginx_wasm_tls_verify_cert / _host / _trusted_certificate).",
+          } },
+          -- Lua ping-auth: same field
+          { enable_debug_logging = {
+              type = "boolean",
+              required = false,
+              default = false,
+              description = "Log each sideband exchange at debug level (secret and credential headers redacted, bodies cut).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { enable_response_hook = {
+              type = "boolean",
+              required = false,
+              default = true,
+              description = "Send the upstream response to /sideband/response and answer with the policy's version. On Kong the filter then calls the upstream itself; false = request hook only, Kong proxies as usual.",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { upstream_url = {
+              type = "string",
+              required = false,
+              custom_validator = validate_url,
+              description = "Upstream for the response hook on hosts without Kong's router properties (kong.router.service). Inside Kong the routed service is used and this is ignored.",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { upstream_timeout_ms = {
+              type = "integer",
+              between = { 1, 2147483647 },
+              required = false,
+              description = "Timeout of the response hook's upstream call in milliseconds. Default: the Kong service's longest connect/write/read timeout, else 60000.",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { max_response_body_bytes = {
+              type = "integer",
+              between = { 1, 67108864 },
+              required = false,
+              default = 1048576,
+              description = "Largest upstream response body the response hook buffers and sends to the policy provider; a larger one is answered with 502 (never truncated).",
+          } },
+        },
+    } },
+  },
+  entity_checks = {
+    { mutually_exclusive = { "service", "route" } },
+    { at_least_one_of = { "service", "route" } },
+  },
+}
