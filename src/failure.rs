@@ -89,6 +89,9 @@ pub enum Failure {
     UpstreamFailed { target: String, detail: String },
     /// The upstream's response body is larger than `max_response_body_bytes`.
     UpstreamTooLarge { size: usize, limit: usize },
+    /// The request body did not fit the host's body buffer, so the response
+    /// hook cannot forward it.
+    RequestBodyUnreadable { size: usize },
     /// The host refused an operation the filter needs.
     Host { what: String },
 }
@@ -122,6 +125,7 @@ impl Failure {
                 }
             }
             Failure::UpstreamFailed { detail, .. } if detail == "timeout" => Reply::empty(504),
+            Failure::RequestBodyUnreadable { .. } => Reply::empty(413),
             Failure::NoUpstream { .. } | Failure::Host { .. } => Reply::empty(500),
             _ => Reply::empty(502),
         }
@@ -192,6 +196,13 @@ impl Failure {
                 Level::Error,
                 format!(
                     "Upstream response body of {size} bytes exceeds max_response_body_bytes ({limit}); answering 502"
+                ),
+            ),
+            Failure::RequestBodyUnreadable { size } => (
+                Level::Error,
+                format!(
+                    "Request body of {size} bytes is larger than the host's client body buffer, so the \
+                     response hook cannot forward it; answering 413 (raise nginx_http_client_body_buffer_size)"
                 ),
             ),
             Failure::Host { what } => (Level::Error, format!("Host error: {what}")),

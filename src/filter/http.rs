@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::debug;
 use crate::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::failure::{Call, Failure, Level};
+use crate::json;
 use crate::reply::Reply;
 use crate::request::{self, ClientRequest, Header, MAX_HEADERS};
 use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
@@ -66,6 +67,8 @@ pub struct Http {
     upstream_response: Option<UpstreamResponse>,
     reply: Option<Reply>,
     reply_body_written: bool,
+    /// Size of a body the host could not hand over (spooled to a file).
+    unread_body_size: usize,
 }
 
 impl Http {
@@ -85,6 +88,7 @@ impl Http {
             upstream_response: None,
             reply: None,
             reply_body_written: false,
+            unread_body_size: 0,
         }
     }
 
@@ -434,10 +438,8 @@ impl Http {
             (Some(b), _) => b.clone(),
             (None, Some(b)) => b.clone(),
             (None, None) => {
-                return Err(Failure::Host {
-                    what: "the request body was larger than client_body_buffer_size, so the response hook \
-                           cannot forward it; raise nginx_http_client_body_buffer_size"
-                        .into(),
+                return Err(Failure::RequestBodyUnreadable {
+                    size: self.unread_body_size,
                 })
             }
         };
@@ -464,20 +466,22 @@ impl Http {
         ] {
             headers.push(Header::new(name, value.into_bytes()));
         }
-        let mut call_headers: Vec<(&str, &[u8])> = vec![
-            (":method", method.as_bytes()),
-            (":path", path.as_bytes()),
-            (":authority", authority.as_bytes()),
-            (":scheme", target.scheme.as_str().as_bytes()),
+        // The SDK's dispatch takes text values: a header value that is not
+        // UTF-8 travels as the UTF-8 of its Latin-1 text (see `json`).
+        let texts: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| (h.name.clone(), json::text(&h.value).into_owned()))
+            .collect();
+        let mut call_headers: Vec<(&str, &str)> = vec![
+            (":method", &method),
+            (":path", &path),
+            (":authority", &authority),
+            (":scheme", target.scheme.as_str()),
         ];
-        call_headers.extend(
-            headers
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_slice())),
-        );
+        call_headers.extend(texts.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let timeout = Duration::from_millis(u64::from(target.timeout_ms));
         let address = target.address.clone();
-        match self.dispatch_http_call_bytes(&address, call_headers, &body, timeout) {
+        match self.dispatch_http_call(&address, call_headers, Some(&body), vec![], timeout) {
             Ok(token) => {
                 self.token = Some(token);
                 self.stage = Stage::Upstream;
@@ -489,22 +493,6 @@ impl Http {
                 detail: format!("the host refused the call ({})", host::status_name(status)),
             }),
         }
-    }
-
-    fn dispatch_http_call_bytes(
-        &self,
-        address: &str,
-        headers: Vec<(&str, &[u8])>,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<u32, proxy_wasm::types::Status> {
-        proxy_wasm::hostcalls::dispatch_http_call(
-            address,
-            headers_as_str(&headers),
-            Some(body),
-            vec![],
-            timeout,
-        )
     }
 
     fn on_upstream_response(
@@ -591,15 +579,6 @@ impl Http {
             Err(f) => self.fail(f),
         }
     }
-}
-
-fn headers_as_str<'a>(headers: &'a [(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a str)> {
-    // The SDK's dispatch takes `&str` values; a value that is not UTF-8 is
-    // sent through its Latin-1 text (see `json`), never dropped silently.
-    headers
-        .iter()
-        .map(|(n, v)| (*n, std::str::from_utf8(v).unwrap_or("")))
-        .collect()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -720,6 +699,7 @@ impl HttpContext for Http {
                     self.get_http_request_body(0, body_size)
                 };
                 if body.is_none() {
+                    self.unread_body_size = body_size;
                     host::log(
                         Level::Warn,
                         &format!(

@@ -73,6 +73,13 @@ fn announce(c: &Config) {
             if c.enable_response_hook { "on" } else { "off" },
         ),
     );
+    if c.shared_secret.expose().starts_with("{vault://") {
+        host::log(
+            Level::Warn,
+            "shared_secret is an unresolved Kong vault reference ({vault://...}); the host passed it \
+             as is, so the policy provider will receive it literally and refuse it",
+        );
+    }
     if !c.verify_service_certificate {
         host::log(
             Level::Warn,

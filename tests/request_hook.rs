@@ -1,0 +1,753 @@
+//! Request hook, end to end: ping-auth-behaviour.md §8.2 cases 5–30 and 50–52
+//! (with the [REC] fixes), through the built `.wasm` in the Kong-like host
+//! emulator against a scripted policy server and an echo upstream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)] // test code
+
+mod common;
+
+use common::*;
+use ping_auth_harness::emulator::{BodyMode, HostOptions, HttpVersion};
+use ping_auth_harness::http::{Request, Response};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Both ways an allowed request reaches the upstream: Kong proxies it
+/// (response hook off) and the filter calls it itself (response hook on).
+const MODES: [bool; 2] = [false, true];
+
+fn mode(hook: bool) -> Value {
+    json!({ "enable_response_hook": hook })
+}
+
+/// An allow reply built from the request payload by `edit`.
+fn allow_with(
+    edit: impl Fn(&mut Value) + Send + Sync + 'static,
+) -> impl Fn(&Request) -> Response + Send + Sync {
+    move |req: &Request| {
+        if req.path().ends_with("/sideband/response") {
+            return Response::json(200, &echo_response(req));
+        }
+        let mut v = echo(req);
+        edit(&mut v);
+        Response::json(200, &v)
+    }
+}
+
+#[test]
+fn case04_vault_reference_accepted_and_flagged() {
+    // Kong resolves `{vault://...}` before a Lua plugin sees it; if the filter
+    // receives one, nothing resolved it: accepted, and said loudly.
+    let env = Env::new(
+        allow_all,
+        json!({"shared_secret": "{vault://env/paz-secret}"}),
+    );
+    assert!(env.log_contains("unresolved Kong vault reference"));
+    assert!(
+        !env.log_contains("paz-secret}\""),
+        "the reference is not echoed"
+    );
+}
+
+// --- Sideband request composition -------------------------------------------------
+
+#[test]
+fn case05_get_payload() {
+    let mut env = Env::new(allow_all, json!({}));
+    let resp = env.send(get("/a/b"));
+    assert_eq!(resp.status, 200);
+    let p = &env.pdp.request_payloads()[0];
+    assert_eq!(p["source_ip"], "10.0.0.5");
+    assert_eq!(p["source_port"], "40000", "source_port is a string");
+    assert_eq!(p["method"], "GET");
+    assert_eq!(p["url"], "http://kong:8000/a/b");
+    assert_eq!(p["body"], "");
+    assert_eq!(p["http_version"], "1.1");
+    assert!(p.get("client_certificate").is_none());
+    assert_eq!(
+        payload_headers(p),
+        vec![
+            ("host".into(), "kong:8000".into()),
+            ("user-agent".into(), "curl/8.5.0".into()),
+            ("accept".into(), "*/*".into())
+        ]
+    );
+}
+
+#[test]
+fn case06_https_443_port_is_explicit() {
+    let mut env = Env::new(allow_all, json!({}));
+    let mut r = get("/x");
+    r.tls = true;
+    r.server_port = 443;
+    r.headers[0].1 = b"api.example".to_vec();
+    env.send(r);
+    assert_eq!(
+        env.pdp.request_payloads()[0]["url"],
+        "https://api.example:443/x"
+    );
+}
+
+#[test]
+fn case07_query_normalised_in_original_order() {
+    let mut env = Env::new(allow_all, json!({}));
+    env.send(get("/q?b=2&a=1+2&a=3&flag&=x"));
+    assert_eq!(
+        env.pdp.request_payloads()[0]["url"],
+        "http://kong:8000/q?b=2&a=1%202&a=3&flag"
+    );
+}
+
+#[test]
+fn case08_query_capped_at_100_args() {
+    let mut env = Env::new(allow_all, json!({}));
+    let q: Vec<String> = (0..150).map(|i| format!("k{i}={i}")).collect();
+    env.send(get(&format!("/q?{}", q.join("&"))));
+    let url = env.pdp.request_payloads()[0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let query = url.split_once('?').unwrap().1;
+    assert_eq!(query.split('&').count(), 100);
+}
+
+#[test]
+fn case09_repeated_headers_one_object_per_value() {
+    let mut env = Env::new(allow_all, json!({}));
+    env.send(with_header(with_header(get("/"), "X-M", "1"), "X-M", "2"));
+    let h = payload_headers(&env.pdp.request_payloads()[0]);
+    let xm: Vec<&(String, String)> = h.iter().filter(|(n, _)| n == "x-m").collect();
+    assert_eq!(
+        xm,
+        vec![
+            &("x-m".to_string(), "1".to_string()),
+            &("x-m".to_string(), "2".to_string())
+        ]
+    );
+}
+
+#[test]
+fn case10_headers_capped_at_100() {
+    let mut env = Env::new(allow_all, json!({}));
+    let mut r = get("/");
+    for i in 0..120 {
+        r.headers.push((format!("X-H{i}"), b"v".to_vec()));
+    }
+    env.send(r);
+    // Kong's host hands a filter at most 100 header pairs, the 4 request
+    // pseudo-headers included (NGX_HTTP_WASM_MAX_REQ_HEADERS): 96 real ones
+    // reach the filter, fewer than Lua's 100.
+    let sent = payload_headers(&env.pdp.request_payloads()[0]);
+    assert_eq!(sent.len(), 96);
+    assert_eq!(
+        sent[3],
+        ("x-h0".to_string(), "v".to_string()),
+        "the first ones, in order"
+    );
+}
+
+#[test]
+fn case11_body_sent_and_large_body_omitted() {
+    let mut env = Env::new(allow_all, json!({"enable_response_hook": false}));
+    let resp = env.send(post("/p", br#"{"amount":5}"#));
+    assert_eq!(resp.status, 200);
+    assert_eq!(env.pdp.request_payloads()[0]["body"], "{\"amount\":5}");
+    // 9 KiB with Kong's default client_body_buffer_size (8k): spooled, not readable.
+    let big = vec![b'a'; 9 * 1024];
+    let resp = env.send(post("/p", &big));
+    assert_eq!(resp.status, 200, "still authorised, as in Lua");
+    let p = &env.pdp.request_payloads()[1];
+    assert!(
+        p.get("body").is_none(),
+        "no body key for an unreadable body"
+    );
+    assert_eq!(
+        env.upstream.last_request().unwrap().body.len(),
+        9 * 1024,
+        "original body forwarded"
+    );
+    assert!(env.log_contains("cannot be read"));
+}
+
+#[test]
+fn case12_http10_version() {
+    let mut env = Env::new(allow_all, json!({}));
+    let mut r = get("/");
+    r.version = HttpVersion::Http10;
+    env.send(r);
+    assert_eq!(env.pdp.request_payloads()[0]["http_version"], "1");
+}
+
+#[test]
+fn case13_http2_is_authorised_rec() {
+    // Lua answered 400 to HTTP/2; the reason (no response buffering in
+    // Kong < 3.9) does not apply to this filter.
+    let mut env = Env::new(allow_all, json!({}));
+    let mut r = get("/h2");
+    r.version = HttpVersion::Http2;
+    r.body_mode = BodyMode::NoLength;
+    let resp = env.send(r);
+    assert_eq!(resp.status, 200);
+    assert_eq!(env.pdp.request_payloads()[0]["http_version"], "2");
+}
+
+#[test]
+fn case14_client_certificate_jwk() {
+    let pem = std::fs::read_to_string("tests/fixtures/certs/rsa-chain.pem").unwrap();
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/certs/rsa-leaf.expected.json").unwrap(),
+    )
+    .unwrap();
+    let mut env = Env::new(allow_all, json!({}));
+    let mut r = get("/mtls");
+    r.tls = true;
+    r.server_port = 8443;
+    r.client_cert_pem = Some(pem);
+    env.send(r);
+    let p = &env.pdp.request_payloads()[0];
+    assert_eq!(p["client_certificate"], expected);
+    assert_eq!(p["client_certificate"]["x5c"].as_array().unwrap().len(), 1);
+
+    let ec = std::fs::read_to_string("tests/fixtures/certs/ec-p256.pem").unwrap();
+    let mut r = get("/mtls");
+    r.tls = true;
+    r.client_cert_pem = Some(ec);
+    env.send(r);
+    let p = &env.pdp.request_payloads()[1];
+    assert_eq!(p["client_certificate"]["kty"], "EC");
+    assert_eq!(p["client_certificate"]["crv"], "P-256");
+
+    let mut r = get("/mtls");
+    r.tls = true;
+    r.client_cert_pem =
+        Some("-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n".into());
+    let resp = env.send(r);
+    assert_eq!(resp.status, 400);
+    assert_eq!(
+        env.pdp.request_payloads().len(),
+        2,
+        "no sideband call for a bad certificate"
+    );
+    assert!(env.log_contains("Failed to parse client certificate"));
+}
+
+#[test]
+fn case15_sideband_http_request() {
+    let mut env = Env::new(allow_all, json!({}));
+    env.send(get("/"));
+    let call = &env.pdp.requests()[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.target, "/sideband/request");
+    assert_eq!(
+        call.header_str("host").unwrap(),
+        format!("127.0.0.1:{}", env.pdp.port())
+    );
+    assert_eq!(call.header_str("content-type").unwrap(), "application/json");
+    assert_eq!(call.header_str("client-token").unwrap(), "s3cr3t");
+    assert!(call
+        .header_str("user-agent")
+        .unwrap()
+        .starts_with("ping_auth-wasm/"));
+    assert_eq!(
+        call.header_str("content-length").unwrap(),
+        call.body.len().to_string()
+    );
+
+    for (base, expected) in [
+        ("/base", "/base/sideband/request"),
+        ("/base/", "/base/sideband/request"),
+        ("/base?x=1", "/base/sideband/request?x=1"),
+    ] {
+        let pdp = Pdp::start(allow_all);
+        let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
+        let mut emu =
+            ping_auth_harness::emulator::Emulator::new(&wasm(), HostOptions::default()).unwrap();
+        let mut cfg = config(pdp.port(), json!({}));
+        cfg["service_url"] = format!("http://127.0.0.1:{}{base}", pdp.port()).into();
+        let chain = emu
+            .add_chain(
+                service(upstream.addr().port()),
+                route(),
+                vec![ping_auth_harness::emulator::FilterEntry {
+                    name: "ping_auth".into(),
+                    config: cfg.to_string().into_bytes(),
+                }],
+            )
+            .unwrap();
+        emu.send(chain, get("/"));
+        assert_eq!(pdp.requests()[0].target, expected);
+    }
+}
+
+#[test]
+fn case16_forwarded_headers_of_untrusted_clients_are_ignored() {
+    // The url's scheme, host and port come from Kong's forwarded_* values,
+    // which honour X-Forwarded-* only from `trusted_ips` (none by default).
+    let mut env = Env::new(allow_all, json!({}));
+    let r = with_header(
+        with_header(
+            with_header(get("/p"), "X-Forwarded-Proto", "https"),
+            "X-Forwarded-Host",
+            "pub.example",
+        ),
+        "X-Forwarded-Port",
+        "9443",
+    );
+    env.send(r);
+    assert_eq!(env.pdp.request_payloads()[0]["url"], "http://kong:8000/p");
+}
+
+#[test]
+fn non_utf8_bytes_never_break_json() {
+    for hook in MODES {
+        let mut env = Env::new(allow_all, mode(hook));
+        let mut r = post("/bin", &[0xff, 0xfe, b'a', 0x00, b'"']);
+        r.headers.push(("X-Bin".into(), vec![b'v', 0xe9]));
+        let resp = env.send(r);
+        assert_eq!(resp.status, 200);
+        let call = &env.pdp.requests()[0];
+        let p: Value = serde_json::from_slice(&call.body).expect("valid JSON");
+        assert_eq!(p["body"], "\u{ff}\u{fe}a\u{0}\"");
+        assert!(payload_headers(&p).contains(&("x-bin".into(), "v\u{e9}".into())));
+        // The echo keeps the body's original bytes upstream.
+        let up = env.upstream.last_request().unwrap();
+        assert_eq!(up.body, vec![0xff, 0xfe, b'a', 0x00, b'"'], "hook {hook}");
+        // Kong forwards header bytes as received; the filter's own call can
+        // only send text (the SDK's dispatch API), so there the byte 0xE9 is
+        // sent as the UTF-8 of U+00E9.
+        let expected: &[u8] = if hook {
+            "vé".as_bytes()
+        } else {
+            &[b'v', 0xe9]
+        };
+        assert_eq!(up.header("x-bin").unwrap(), expected, "hook {hook}");
+    }
+}
+
+// --- Allow replies (directives) -----------------------------------------------------
+
+#[test]
+fn case17_echo_forwards_unchanged_minus_accept_encoding() {
+    for hook in MODES {
+        let mut env = Env::new(allow_all, mode(hook));
+        let r = with_header(
+            with_header(post("/a/b?x=1", b"{\"k\":1}"), "Accept-Encoding", "gzip"),
+            "X-Keep",
+            "yes",
+        );
+        let resp = env.send(r);
+        assert_eq!(resp.status, 200, "hook {hook}");
+        let up = env.upstream.last_request().expect("upstream called");
+        assert_eq!(up.method, "POST");
+        assert_eq!(up.target, "/a/b?x=1");
+        assert_eq!(up.body, b"{\"k\":1}");
+        assert_eq!(req_header(&up, "x-keep"), ["yes"]);
+        assert!(up.header("accept-encoding").is_none(), "hook {hook}");
+        assert_eq!(
+            resp.upstream_requests,
+            if hook { 0 } else { 1 },
+            "who proxied (hook {hook})"
+        );
+    }
+}
+
+#[test]
+fn case18_19_20_header_add_remove_reorder() {
+    for hook in MODES {
+        let mut env = Env::new(
+            allow_with(|v| {
+                let mut h: Vec<Value> = v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|o| o.get("authorization").is_none() && o.get("x-m").is_none())
+                    .cloned()
+                    .collect();
+                h.push(json!({"x-user": "alice"}));
+                h.push(json!({"X-M": "2"}));
+                h.push(json!({"x-m": "1"}));
+                v["headers"] = Value::Array(h);
+            }),
+            mode(hook),
+        );
+        let r = with_header(
+            with_header(
+                with_header(get("/"), "Authorization", "Bearer t"),
+                "X-M",
+                "1",
+            ),
+            "X-M",
+            "2",
+        );
+        assert_eq!(env.send(r).status, 200);
+        let up = env.upstream.last_request().unwrap();
+        assert_eq!(req_header(&up, "x-user"), ["alice"], "hook {hook}");
+        assert!(up.header("authorization").is_none(), "hook {hook}");
+        assert_eq!(req_header(&up, "x-m"), ["2", "1"], "hook {hook}");
+    }
+}
+
+#[test]
+fn case21_accept_encoding_removed_even_if_policy_keeps_it() {
+    for hook in MODES {
+        let mut env = Env::new(
+            allow_with(|v| {
+                v["headers"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"accept-encoding": "br"}))
+            }),
+            mode(hook),
+        );
+        env.send(with_header(get("/"), "Accept-Encoding", "gzip"));
+        assert!(env
+            .upstream
+            .last_request()
+            .unwrap()
+            .header("accept-encoding")
+            .is_none());
+    }
+}
+
+#[test]
+fn case22_method_change_and_bad_method() {
+    for hook in MODES {
+        let mut env = Env::new(allow_with(|v| v["method"] = "PUT".into()), mode(hook));
+        assert_eq!(env.send(get("/m")).status, 200);
+        assert_eq!(
+            env.upstream.last_request().unwrap().method,
+            "PUT",
+            "hook {hook}"
+        );
+    }
+    let mut env = Env::new(allow_with(|v| v["method"] = "put".into()), json!({}));
+    let resp = env.send(get("/m"));
+    assert_eq!(
+        resp.status, 502,
+        "[REC] malformed reply is 502, Lua crashed into 500"
+    );
+    assert!(env.upstream.requests().is_empty());
+    assert!(env.log_contains("'method'"));
+}
+
+#[test]
+fn case23_url_path_query_host_scheme() {
+    for hook in MODES {
+        let mut env = Env::new(
+            allow_with(|v| v["url"] = "http://kong:8000/v2/x?y=2".into()),
+            mode(hook),
+        );
+        env.send(get("/a/b?x=1"));
+        assert_eq!(
+            env.upstream.last_request().unwrap().target,
+            "/v2/x?y=2",
+            "hook {hook}"
+        );
+
+        let mut env = Env::new(
+            allow_with(|v| v["url"] = "http://kong:8000/a/b".into()),
+            mode(hook),
+        );
+        env.send(get("/a/b?x=1"));
+        assert_eq!(
+            env.upstream.last_request().unwrap().target,
+            "/a/b",
+            "query removed (hook {hook})"
+        );
+
+        let mut env = Env::new(
+            allow_with(|v| v["url"] = "http://other:8443/a".into()),
+            mode(hook),
+        );
+        env.send(get("/a"));
+        let up = env.upstream.last_request().unwrap();
+        assert_eq!(
+            req_header(&up, "host"),
+            ["other:8443"],
+            "Host changed, same target (hook {hook})"
+        );
+
+        let mut env = Env::new(
+            allow_with(|v| v["url"] = "https://kong:8000/a".into()),
+            mode(hook),
+        );
+        assert_eq!(env.send(get("/a")).status, 200);
+        assert!(env.log_contains("not supported. (\"http\" => \"https\")"));
+    }
+}
+
+#[test]
+fn case24_body_change_clear_keep_null() {
+    // Body changes reach the upstream through the response hook's own call.
+    let mut env = Env::new(allow_with(|v| v["body"] = "{\"k\":2}".into()), json!({}));
+    env.send(post("/b", b"{\"k\":1}"));
+    let up = env.upstream.last_request().unwrap();
+    assert_eq!(up.body, b"{\"k\":2}");
+    assert_eq!(up.header_str("content-length").unwrap(), "7");
+
+    let mut env = Env::new(
+        allow_with(|v| drop(v.as_object_mut().unwrap().remove("body"))),
+        json!({}),
+    );
+    env.send(post("/b", b"{\"k\":1}"));
+    assert!(
+        env.upstream.last_request().unwrap().body.is_empty(),
+        "omitted body clears it"
+    );
+
+    for hook in MODES {
+        let mut env = Env::new(
+            allow_with(|v| drop(v.as_object_mut().unwrap().remove("body"))),
+            mode(hook),
+        );
+        assert_eq!(
+            env.send(get("/b")).status,
+            200,
+            "empty original + omitted body: untouched (hook {hook})"
+        );
+    }
+
+    let mut env = Env::new(allow_with(|v| v["body"] = Value::Null), json!({}));
+    assert_eq!(env.send(post("/b", b"x")).status, 502);
+    assert!(env.upstream.requests().is_empty());
+
+    // With the hook off Kong's host cannot set a request body from a dispatch
+    // callback (it traps); the filter refuses deliberately instead.
+    let mut env = Env::new(
+        allow_with(|v| v["body"] = "changed".into()),
+        json!({"enable_response_hook": false}),
+    );
+    let resp = env.send(post("/b", b"x"));
+    assert_eq!(resp.status, 502);
+    assert!(env.upstream.requests().is_empty());
+    assert!(env.log_contains("enable_response_hook"));
+}
+
+#[test]
+fn case25_headers_missing_or_empty() {
+    let mut env = Env::new(
+        allow_with(|v| drop(v.as_object_mut().unwrap().remove("headers"))),
+        json!({}),
+    );
+    assert_eq!(env.send(get("/")).status, 502);
+    assert!(env.upstream.requests().is_empty());
+    assert!(env.log_contains("'headers' is missing"));
+
+    for hook in MODES {
+        let mut env = Env::new(allow_with(|v| v["headers"] = json!([])), mode(hook));
+        assert_eq!(env.send(with_header(get("/"), "X-Gone", "1")).status, 200);
+        let up = env.upstream.last_request().unwrap();
+        assert!(
+            up.header("x-gone").is_none() && up.header("user-agent").is_none(),
+            "hook {hook}"
+        );
+    }
+}
+
+#[test]
+fn case26_unsupported_field_warns() {
+    let mut env = Env::new(
+        allow_with(|v| drop(v.as_object_mut().unwrap().remove("source_ip"))),
+        json!({}),
+    );
+    assert_eq!(env.send(get("/")).status, 200);
+    assert!(env.log_contains("(\"10.0.0.5\" => \"nil\")"));
+}
+
+// --- Deny replies ---------------------------------------------------------------------
+
+fn deny(resp: Value) -> impl Fn(&Request) -> Response + Send + Sync {
+    move |_req: &Request| Response::json(200, &json!({ "response": resp }))
+}
+
+#[test]
+fn case27_deny() {
+    let mut env = Env::new(
+        deny(
+            json!({"response_code": "403", "headers": [{"Content-Type": "text/plain"}], "body": "no"}),
+        ),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.body, b"no", "byte for byte, no trailing LF");
+    assert_eq!(header(&resp, "content-type"), Some("text/plain"));
+    assert_eq!(header(&resp, "content-length"), Some("2"));
+    assert!(env.upstream.requests().is_empty());
+    assert_eq!(
+        env.pdp.calls("/sideband/response").len(),
+        0,
+        "no response phase after a deny"
+    );
+}
+
+#[test]
+fn case28_deny_variants() {
+    let mut env = Env::new(
+        deny(json!({"response_code": "401", "headers": []})),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!((resp.status, resp.body.len()), (401, 0));
+    assert_eq!(header(&resp, "content-length"), Some("0"));
+
+    let mut env = Env::new(
+        deny(json!({"response_code": "403", "body": "x"})),
+        json!({}),
+    );
+    assert_eq!(
+        env.send(get("/")).status,
+        502,
+        "[REC] missing headers: 502, not 500"
+    );
+
+    let mut env = Env::new(
+        deny(json!({"response_code": "abc", "headers": []})),
+        json!({}),
+    );
+    assert_eq!(env.send(get("/")).status, 502);
+
+    let mut env = Env::new(
+        deny(json!({"response_code": 200, "headers": [], "body": "synthetic ok"})),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"synthetic ok"[..])
+    );
+    assert!(env.upstream.requests().is_empty());
+}
+
+#[test]
+fn case29_deny_multi_valued_headers() {
+    let mut env = Env::new(
+        deny(
+            json!({"response_code": "302", "headers": [{"set-cookie": "a=1"}, {"Set-Cookie": "b=2"}, {"location": "/login"}], "body": ""}),
+        ),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(resp.status, 302);
+    assert_eq!(header_all(&resp, "set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(header(&resp, "location"), Some("/login"));
+}
+
+#[test]
+fn case30_state_or_request_reaches_response_hook() {
+    let mut env = Env::new(allow_with(|v| v["state"] = "S1".into()), json!({}));
+    env.send(get("/s"));
+    let r = &env.pdp.response_payloads()[0];
+    assert_eq!(r["state"], "S1");
+    assert!(r.get("request").is_none());
+
+    let mut env = Env::new(allow_all, json!({}));
+    env.send(get("/s"));
+    let sent = env.pdp.request_payloads()[0].clone();
+    let r = &env.pdp.response_payloads()[0];
+    assert_eq!(r["request"], sent);
+    assert!(r.get("state").is_none());
+}
+
+#[test]
+fn state_is_returned_byte_for_byte() {
+    let raw = r#"{"n": 1.50, "s": "a\/b", "l": []}"#;
+    let mut env = Env::new(
+        move |req: &Request| {
+            if req.path().ends_with("/sideband/response") {
+                return Response::json(200, &echo_response(req));
+            }
+            let text = echo(req).to_string();
+            let text = format!("{},\"state\":{raw}}}", text.strip_suffix('}').unwrap());
+            Response::new(200)
+                .with_header("content-type", "application/json")
+                .with_body(text)
+        },
+        json!({}),
+    );
+    env.send(get("/s"));
+    let body = String::from_utf8(env.pdp.calls("/sideband/response")[0].body.clone()).unwrap();
+    assert!(body.contains(&format!("\"state\":{raw}")), "{body}");
+}
+
+// --- Logging -----------------------------------------------------------------------
+
+#[test]
+fn case50_debug_dumps_redact_secret_and_credentials() {
+    let mut env = Env::new(allow_all, json!({"enable_debug_logging": true}));
+    // An upstream that does not echo the request back in its body.
+    env.upstream
+        .set_behaviour(|_r| Some(Response::json(200, &json!({"ok": true}))));
+    env.send(with_header(
+        with_header(get("/"), "Authorization", "Bearer tok"),
+        "Cookie",
+        "sid=9",
+    ));
+    let logs = env.logs().join("\n");
+    assert!(logs.contains("Sending sideband request to policy provider"));
+    assert!(logs.contains("Received sideband response from policy provider"));
+    assert!(!logs.contains("s3cr3t"), "shared secret never logged");
+    for l in env
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Bearer tok") || l.contains("sid=9"))
+    {
+        eprintln!("LEAK: {l}");
+    }
+    assert!(
+        !logs.contains("Bearer tok") && !logs.contains("sid=9"),
+        "credentials redacted"
+    );
+}
+
+#[test]
+fn case51_no_debug_dumps_by_default() {
+    let mut env = Env::new(
+        allow_with(|v| drop(v.as_object_mut().unwrap().remove("source_ip"))),
+        json!({}),
+    );
+    env.send(get("/"));
+    let logs = env.logs().join("\n");
+    assert!(!logs.contains("Sending sideband request"));
+    assert!(logs.contains("not supported"), "warnings still logged");
+    assert!(!logs.contains("s3cr3t"));
+}
+
+// --- Concurrency ---------------------------------------------------------------------
+
+#[test]
+fn case52_overlapping_requests_keep_their_own_state() {
+    let mut env = Env::new(
+        |req: &Request| {
+            if req.path().ends_with("/sideband/response") {
+                let v = req.json().unwrap();
+                let mut r = echo_response(req);
+                r["headers"] = json!([{"x-state": v["state"]}]);
+                return Response::json(200, &r);
+            }
+            let mut v = echo(req);
+            let path = v["url"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string();
+            v["state"] = format!("state-of-{path}").into();
+            // The first request's decision arrives last.
+            let delay = if path == "first" { 300 } else { 0 };
+            Response::json(200, &v).with_delay(Duration::from_millis(delay))
+        },
+        json!({}),
+    );
+    let a = env.emu.start(env.chain, get("/first"));
+    let b = env.emu.start(env.chain, get("/second"));
+    let rb = env.emu.finish(b);
+    let ra = env.emu.finish(a);
+    assert_eq!(header(&ra, "x-state"), Some("state-of-first"));
+    assert_eq!(header(&rb, "x-state"), Some("state-of-second"));
+}
