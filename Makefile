@@ -7,6 +7,9 @@
 #   make demo         Docker demo (Kong 3.9.3); make demo-local: the same without Docker
 #   make clean
 
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
 CARGO   ?= cargo
 COMPOSE ?= docker-compose
 TARGET  := wasm32-wasip1
@@ -32,12 +35,14 @@ build:
 	@ls -l dist
 
 test: lint
-	$(CARGO) test --workspace
+	mkdir -p target
+	$(CARGO) test --workspace 2>&1 | tee target/test.log
 	@if command -v $(COMPOSE) >/dev/null 2>&1; then \
 		$(COMPOSE) -f $(DEMO) config -q && echo "$(DEMO): valid"; \
 	else \
 		echo "$(COMPOSE) not found: $(DEMO) not checked"; \
 	fi
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
 	$(CARGO) fmt --all --check

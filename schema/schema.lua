@@ -14,29 +14,6 @@
 
 local null = ngx.null
 
-local function has_whitespace(s)
-  -- ASCII white space, then the other Unicode White_Space characters in UTF-8
-  -- (U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F,
-  -- U+3000), as Rust's char::is_whitespace.
-  if s:find("[\t\n\v\f\r ]") then
-    return true
-  end
-  local multibyte = {
-    "\194\133", "\194\160", "\225\154\128", "\226\128\168", "\226\128\169",
-    "\226\128\175", "\226\129\159", "\227\128\128",
-  }
-  for i = 1, #multibyte do
-    if s:find(multibyte[i], 1, true) then
-      return true
-    end
-  end
-  for b = 128, 138 do -- U+2000..U+200A
-    if s:find("\226\128" .. string.char(b), 1, true) then
-      return true
-    end
-  end
-  return false
-end
 
 -- http(s)://host[:port][/path][?query], as config::parse_url: scheme http or https
 -- in any case; host = letters, digits, . _ ~ - or a bracketed IPv6 literal; port
@@ -104,8 +81,8 @@ local function url_error(url)
   if tail:find("#", 1, true) then
     return "URL must not contain a fragment (#)"
   end
-  if has_whitespace(tail) or has_whitespace(authority) then
-    return "URL must not contain white space"
+  if tail:find("[^!-~]") then
+    return "URL path and query must be printable ASCII without spaces (percent-encode other characters)"
   end
   return nil
 end

@@ -16,7 +16,7 @@ pub const URL_PATTERN: &str = concat!(
     r"^[Hh][Tt][Tt][Pp][Ss]?://",
     r"([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])",
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?",
-    r"([/?][^#\s]*)?$"
+    r#"([/?][!"$-~]*)?$(?!\n)"#
 );
 
 /// The value kind of a configuration field and its bounds.
@@ -478,8 +478,10 @@ pub fn parse_url(raw: &str) -> Result<Url, String> {
     if tail.contains('#') {
         return Err("URL must not contain a fragment (#)".into());
     }
-    if tail.chars().any(char::is_whitespace) || authority.chars().any(char::is_whitespace) {
-        return Err("URL must not contain white space".into());
+    if !tail.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "URL path and query must be printable ASCII without spaces (percent-encode other characters)".into(),
+        );
     }
     let (path, query) = match tail.find('?') {
         Some(i) => (tail.get(..i).unwrap_or(""), tail.get(i + 1..).unwrap_or("")),

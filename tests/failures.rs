@@ -97,17 +97,12 @@ fn case36_unreachable_is_502_rec() {
         .unwrap()
         .port();
     let mut env = Env::new(allow_all, json!({}));
-    let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
-    let chain = emu
-        .add_chain(
-            service(env.upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: config(closed, json!({})).to_string().into_bytes(),
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(
+        HostOptions::default(),
+        service(env.upstream.addr().port()),
+        route(),
+        config(closed, json!({})).to_string().into_bytes(),
+    );
     let resp = emu.send(chain, get("/"));
     assert_eq!(resp.status, 502, "[REC] Lua 1.1.0+ answered 500");
     assert!(env.upstream.requests().is_empty());
@@ -148,31 +143,16 @@ fn case36_tls() {
         tls_trusted_certificate: Some(pki.ca_cert_path.clone()),
         ..HostOptions::default()
     };
-    let mut emu = Emulator::new(&wasm(), opts).unwrap();
-    let chain = emu
-        .add_chain(
-            service(upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: cfg.clone(),
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(opts, service(upstream.addr().port()), route(), cfg.clone());
     assert_eq!(emu.send(chain, get("/")).status, 200);
     assert!(pdp.requests()[0].tls);
     // Verification on (Kong's default) and no trust store: handshake failure.
-    let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
-    let chain = emu
-        .add_chain(
-            service(upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: cfg,
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(
+        HostOptions::default(),
+        service(upstream.addr().port()),
+        route(),
+        cfg,
+    );
     let resp = emu.send(chain, get("/"));
     assert_eq!(resp.status, 502);
     assert!(emu
@@ -280,19 +260,14 @@ fn case39_429_scope_is_one_filter_configuration_rec() {
 fn case40_uppercase_scheme_works_rec() {
     let pdp = Pdp::start(allow_all);
     let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
-    let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
     let mut c = config(pdp.port(), json!({}));
     c["service_url"] = format!("HTTP://127.0.0.1:{}", pdp.port()).into();
-    let chain = emu
-        .add_chain(
-            service(upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: c.to_string().into_bytes(),
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(
+        HostOptions::default(),
+        service(upstream.addr().port()),
+        route(),
+        c.to_string().into_bytes(),
+    );
     assert_eq!(
         emu.send(chain, get("/")).status,
         200,

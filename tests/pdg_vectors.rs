@@ -12,9 +12,7 @@
 mod common;
 
 use common::*;
-use ping_auth_harness::emulator::{
-    ClientRequest, ClientResponse, Emulator, FilterEntry, HostOptions,
-};
+use ping_auth_harness::emulator::{ClientRequest, ClientResponse, Emulator, HostOptions};
 use ping_auth_harness::http::Response;
 use ping_auth_harness::policy::{Policy, PolicyServer};
 use ping_auth_harness::upstream::Upstream;
@@ -52,22 +50,17 @@ impl Hub {
             None
         })
         .unwrap();
-        let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
         let cfg = json!({
             "service_url": format!("http://127.0.0.1:{}", pdp.addr().port()),
             "shared_secret": "5e96eaf6-251e-4555-9434-d1b224f05e99",
             "secret_header_name": "PDG-TOKEN",
         });
-        let chain = emu
-            .add_chain(
-                service(upstream.addr().port()),
-                route(),
-                vec![FilterEntry {
-                    name: "ping_auth".into(),
-                    config: cfg.to_string().into_bytes(),
-                }],
-            )
-            .unwrap();
+        let (emu, chain) = emulator(
+            HostOptions::default(),
+            service(upstream.addr().port()),
+            route(),
+            cfg.to_string().into_bytes(),
+        );
         Hub {
             emu,
             chain,

@@ -264,20 +264,14 @@ fn case15_sideband_http_request() {
     ] {
         let pdp = Pdp::start(allow_all);
         let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
-        let mut emu =
-            ping_auth_harness::emulator::Emulator::new(&wasm(), HostOptions::default()).unwrap();
         let mut cfg = config(pdp.port(), json!({}));
         cfg["service_url"] = format!("http://127.0.0.1:{}{base}", pdp.port()).into();
-        let chain = emu
-            .add_chain(
-                service(upstream.addr().port()),
-                route(),
-                vec![ping_auth_harness::emulator::FilterEntry {
-                    name: "ping_auth".into(),
-                    config: cfg.to_string().into_bytes(),
-                }],
-            )
-            .unwrap();
+        let (mut emu, chain) = emulator(
+            HostOptions::default(),
+            service(upstream.addr().port()),
+            route(),
+            cfg.to_string().into_bytes(),
+        );
         emu.send(chain, get("/"));
         assert_eq!(pdp.requests()[0].target, expected);
     }
@@ -297,8 +291,20 @@ fn case16_forwarded_headers_of_untrusted_clients_are_ignored() {
         "X-Forwarded-Port",
         "9443",
     );
-    env.send(r);
+    env.send(r.clone());
     assert_eq!(env.pdp.request_payloads()[0]["url"], "http://kong:8000/p");
+
+    // From a client in Kong's trusted_ips, Kong's forwarded values are used.
+    let opts = HostOptions {
+        trusted_ips: vec!["10.0.0.5".parse().unwrap()],
+        ..HostOptions::default()
+    };
+    let mut env = Env::with(opts, route(), allow_all, json!({}));
+    env.send(r);
+    assert_eq!(
+        env.pdp.request_payloads()[0]["url"],
+        "https://pub.example:9443/p"
+    );
 }
 
 #[test]
@@ -750,4 +756,32 @@ fn case52_overlapping_requests_keep_their_own_state() {
     let ra = env.emu.finish(a);
     assert_eq!(header(&ra, "x-state"), Some("state-of-first"));
     assert_eq!(header(&rb, "x-state"), Some("state-of-second"));
+}
+
+#[test]
+fn plain_proxy_wasm_host_applies_path_query_host_through_headers() {
+    // Without Kong's properties the filter rewrites `:path` and `host`.
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let mut env = Env::with(
+        opts,
+        route(),
+        allow_with(|v| {
+            v["url"] = "http://other:9000/v2/x?y=2".into();
+            v["method"] = "PUT".into();
+            v["headers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"x-user": "alice"}));
+        }),
+        json!({"enable_response_hook": false}),
+    );
+    assert_eq!(env.send(get("/a?b=1")).status, 200);
+    let up = env.upstream.last_request().unwrap();
+    assert_eq!(up.method, "PUT");
+    assert_eq!(up.target, "/v2/x?y=2");
+    assert_eq!(req_header(&up, "host"), ["other:9000"]);
+    assert_eq!(req_header(&up, "x-user"), ["alice"]);
 }

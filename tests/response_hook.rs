@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use ping_auth_harness::emulator::{Emulator, FilterEntry, HostOptions, Route};
+use ping_auth_harness::emulator::{HostOptions, Route};
 use ping_auth_harness::http::{Request, Response};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -275,17 +275,12 @@ fn upstream_failures_are_502_or_504() {
         .unwrap()
         .port();
     let pdp = Pdp::start(allow_all);
-    let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
-    let chain = emu
-        .add_chain(
-            service(closed),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: config(pdp.port(), json!({})).to_string().into_bytes(),
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(
+        HostOptions::default(),
+        service(closed),
+        route(),
+        config(pdp.port(), json!({})).to_string().into_bytes(),
+    );
     let resp = emu.send(chain, get("/"));
     assert_eq!(resp.status, 502);
 }
@@ -363,7 +358,6 @@ fn kong_routing_strip_path_service_path_preserve_host() {
     let pdp = Pdp::start(allow_all);
     let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
     for hook in [true, false] {
-        let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
         let mut svc = service(upstream.addr().port());
         svc.path = Some("/api".into());
         let r = Route {
@@ -375,16 +369,7 @@ fn kong_routing_strip_path_service_path_preserve_host() {
         let cfg = config(pdp.port(), json!({"enable_response_hook": hook}))
             .to_string()
             .into_bytes();
-        let chain = emu
-            .add_chain(
-                svc,
-                r,
-                vec![FilterEntry {
-                    name: "ping_auth".into(),
-                    config: cfg,
-                }],
-            )
-            .unwrap();
+        let (mut emu, chain) = emulator(HostOptions::default(), svc, r, cfg);
         let resp = emu.send(chain, get("/public/items?x=1"));
         assert_eq!(resp.status, 200);
         let up = upstream.last_request().unwrap();
@@ -411,18 +396,8 @@ fn plain_host_uses_upstream_url_or_fails_closed() {
         ..HostOptions::default()
     };
 
-    let mut emu = Emulator::new(&wasm(), plain.clone()).unwrap();
     let cfg = config(pdp.port(), json!({})).to_string().into_bytes();
-    let chain = emu
-        .add_chain(
-            service(upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: cfg,
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(plain.clone(), service(upstream.addr().port()), route(), cfg);
     let resp = emu.send(chain, get("/x"));
     assert_eq!(resp.status, 500);
     assert_eq!(resp.upstream_requests, 0);
@@ -431,23 +406,13 @@ fn plain_host_uses_upstream_url_or_fails_closed() {
         .iter()
         .any(|l| l.message.contains("upstream_url is not configured")));
 
-    let mut emu = Emulator::new(&wasm(), plain).unwrap();
     let cfg = config(
         pdp.port(),
         json!({"upstream_url": format!("http://127.0.0.1:{}", upstream.addr().port())}),
     )
     .to_string()
     .into_bytes();
-    let chain = emu
-        .add_chain(
-            service(upstream.addr().port()),
-            route(),
-            vec![FilterEntry {
-                name: "ping_auth".into(),
-                config: cfg,
-            }],
-        )
-        .unwrap();
+    let (mut emu, chain) = emulator(plain, service(upstream.addr().port()), route(), cfg);
     let resp = emu.send(chain, get("/x?y=1"));
     assert_eq!(resp.status, 200);
     assert_eq!(upstream.last_request().unwrap().target, "/x?y=1");
@@ -466,4 +431,33 @@ fn hook_off_means_no_response_call_and_no_self_call() {
         Some("SmartHub Server Supreme"),
         "response untouched"
     );
+}
+
+#[test]
+fn https_upstream_uses_tls() {
+    let pki = ping_auth_harness::certs::TestPki::generate().unwrap();
+    let pdp = Pdp::start(allow_all);
+    let upstream = ping_auth_harness::upstream::Upstream::start(
+        "127.0.0.1:0",
+        Some(pki.server_config().unwrap()),
+    )
+    .unwrap();
+    let opts = HostOptions {
+        tls_trusted_certificate: Some(pki.ca_cert_path.clone()),
+        ..HostOptions::default()
+    };
+    let mut svc = service(upstream.addr().port());
+    svc.protocol = "https".into();
+    svc.host = "localhost".into();
+    let cfg = config(pdp.port(), json!({})).to_string().into_bytes();
+    let (mut emu, chain) = emulator(opts, svc, route(), cfg);
+    let resp = emu.send(chain, get("/secure"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.upstream_requests, 0,
+        "the filter called the upstream itself"
+    );
+    let up = upstream.last_request().unwrap();
+    assert!(up.tls, "the response hook's upstream call used TLS");
+    assert_eq!(up.target, "/secure");
 }

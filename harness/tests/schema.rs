@@ -33,14 +33,7 @@ use std::process::Command;
 /// Kong would store such a configuration and then `on_configure` would refuse it, which
 /// fails the whole configuration rebuild. Remove an entry once `URL_PATTERN` is fixed;
 /// the test fails when a listed fixture no longer diverges.
-const KNOWN_KONG_DIVERGENCES: &[&str] = &[
-    // PCRE's `$` also matches before a final "\n"; parse_url refuses the newline.
-    "invalid/url-trailing-newline.json",
-    "invalid/url-trailing-newline-no-path.json",
-    // PCRE's `\s` (no UTF mode) is ASCII only; parse_url refuses all Unicode white space.
-    "invalid/url-nbsp-in-path.json",
-    "invalid/url-ideographic-space-in-query.json",
-];
+const KNOWN_KONG_DIVERGENCES: &[&str] = &[];
 
 /// Keywords lua-resty-ljsonschema implements (kong-wasm.md §2.2) that the schema may use.
 const LJSONSCHEMA_KEYWORDS: &[&str] = &[

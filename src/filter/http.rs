@@ -20,7 +20,7 @@ use crate::debug;
 use crate::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::failure::{Call, Failure, Level};
 use crate::json;
-use crate::reply::Reply;
+use crate::reply::{Members, Reply};
 use crate::request::{self, ClientRequest, Header, MAX_HEADERS};
 use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
 use crate::upstream::{self, Routing, Target};
@@ -302,14 +302,19 @@ impl Http {
         Action::Pause
     }
 
-    fn on_request_reply(&mut self, r: CallResult<'_>) {
+    /// The common checks of a sideband reply (transport, 429, JSON, 4xx, 5xx).
+    fn checked_reply(&self, call: Call, r: CallResult<'_>) -> Result<Members, Failure> {
         let target = self
             .config
             .as_ref()
             .map(|c| c.service_url.authority())
             .unwrap_or_default();
-        let now = self.get_current_time();
-        let outcome = decision::check_reply(Call::Request, &target, r, now)
+        decision::check_reply(call, &target, r, self.get_current_time())
+    }
+
+    fn on_request_reply(&mut self, r: CallResult<'_>) {
+        let outcome = self
+            .checked_reply(Call::Request, r)
             .and_then(|members| decision::interpret(&members, &self.request));
         match outcome {
             Err(f) => self.fail(f),
@@ -565,14 +570,9 @@ impl Http {
     }
 
     fn on_response_reply(&mut self, r: CallResult<'_>) {
-        let target = self
-            .config
-            .as_ref()
-            .map(|c| c.service_url.authority())
-            .unwrap_or_default();
-        let now = self.get_current_time();
         let upstream = self.upstream_response.take().unwrap_or_default();
-        let outcome = decision::check_reply(Call::Response, &target, r, now)
+        let outcome = self
+            .checked_reply(Call::Response, r)
             .and_then(|members| response_hook::client_response(&members, &upstream));
         match outcome {
             Ok(reply) => self.send(reply),

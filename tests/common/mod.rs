@@ -150,6 +150,28 @@ pub fn route() -> Route {
     }
 }
 
+/// A fresh emulator (one worker) with one chain running the filter with the
+/// given configuration bytes.
+pub fn emulator(
+    opts: HostOptions,
+    service: Service,
+    route: Route,
+    config: Vec<u8>,
+) -> (Emulator, ChainId) {
+    let mut emu = Emulator::new(&wasm(), opts).expect("emulator");
+    let chain = emu
+        .add_chain(
+            service,
+            route,
+            vec![FilterEntry {
+                name: "ping_auth".into(),
+                config,
+            }],
+        )
+        .expect("on_configure accepted the config");
+    (emu, chain)
+}
+
 impl Env {
     /// Kong host, filter configured with `extra` merged into the base config.
     pub fn new(

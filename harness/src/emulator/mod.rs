@@ -84,6 +84,9 @@ pub struct HostOptions {
     /// `KONG_NGINX_WASM_SHM_KV` is set: `proxy_get/set_shared_data` work.
     /// Off by default, as in Kong, where they then trap.
     pub shm_kv: bool,
+    /// Kong's `trusted_ips`: clients whose `X-Forwarded-Proto/Host/Port`
+    /// Kong believes (`kong.request.forwarded_*`). Empty by default, as in Kong.
+    pub trusted_ips: Vec<std::net::IpAddr>,
 }
 
 impl Default for HostOptions {
@@ -102,6 +105,7 @@ impl Default for HostOptions {
             log_dispatch_errors: true,
             guest_call_limit: Duration::from_secs(10),
             shm_kv: false,
+            trusted_ips: Vec::new(),
         }
     }
 }
@@ -377,6 +381,10 @@ pub struct HostStats {
     pub hostcalls: BTreeMap<String, u64>,
     /// Time spent inside guest calls (includes host functions they call).
     pub wasm_time: Duration,
+    /// The part of `wasm_time` spent in `dispatch_http_call` starting the
+    /// emulator's I/O thread for the call: an artefact of the emulator (Kong's
+    /// host starts a non-blocking connect instead). See [`HostStats::guest_time`].
+    pub io_start_time: Duration,
     /// Time the caller spent waiting for network completions.
     pub io_wait_time: Duration,
     /// Current linear memory size in bytes.
@@ -388,6 +396,16 @@ pub struct HostStats {
     pub guest_calls: u64,
     pub dispatches: u64,
     pub upstream_requests: u64,
+}
+
+impl HostStats {
+    /// The guest's own work: `wasm_time` without `io_start_time`, i.e. time
+    /// inside guest calls, host functions included, emulator I/O excluded.
+    /// For one request, take the difference between snapshots taken before
+    /// and after it (requests run one at a time).
+    pub fn guest_time(&self) -> Duration {
+        self.wasm_time.saturating_sub(self.io_start_time)
+    }
 }
 
 /// The emulated worker. See the module documentation.

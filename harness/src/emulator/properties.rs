@@ -378,6 +378,32 @@ fn set_ngx(ctx: &mut HostCtx, sid: u64, name: &str, value: Option<&[u8]>) -> Pro
 }
 
 /// `$host`: the Host header without port, lower-cased, or the server name.
+/// A forwarded header's first value when the client is in `trusted_ips`
+/// (Kong's PDK `get_forwarded_*` rule).
+fn trusted_forwarded(ctx: &HostCtx, s: &Stream, name: &[u8]) -> Option<String> {
+    if !ctx.opts.trusted_ips.contains(&s.req.client_addr.ip()) {
+        return None;
+    }
+    let v = s.req.headers.get(name)?;
+    let v = String::from_utf8_lossy(v);
+    let first = v.split(',').next().unwrap_or("").trim().to_string();
+    (!first.is_empty()).then_some(first)
+}
+
+/// `X-Forwarded-Host` without `user@` and port, lower-cased, and its port.
+fn forwarded_host_port(v: &str) -> (String, Option<String>) {
+    let v = v
+        .rsplit_once('@')
+        .map_or(v, |(_, h)| h)
+        .to_ascii_lowercase();
+    match v.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || v.starts_with('[') => {
+            (h.to_string(), Some(p.to_string()))
+        }
+        _ => (v, None),
+    }
+}
+
 pub(crate) fn host_var(ctx: &HostCtx, s: &Stream) -> String {
     match s.req.headers.get(b"host") {
         Some(h) => {
@@ -564,9 +590,26 @@ fn kong_get(ctx: &mut HostCtx, sid: u64, p: &str) -> Prop {
             br#"{"lua_shared_dicts":{},"workers_lua_vms":[{"http_allocated_gc":0,"pid":0}]}"#
                 .to_vec(),
         ),
-        "kong.request.forwarded_host" => text(host_var(ctx, s)),
-        "kong.request.forwarded_port" | "kong.request.port" => text(s.req.server_port.to_string()),
-        "kong.request.forwarded_scheme" => text(maps::scheme(&s.req).to_string()),
+        "kong.request.forwarded_host" => text(
+            trusted_forwarded(ctx, s, b"x-forwarded-host")
+                .map(|h| forwarded_host_port(&h).0)
+                .unwrap_or_else(|| host_var(ctx, s)),
+        ),
+        "kong.request.forwarded_port" => text(
+            trusted_forwarded(ctx, s, b"x-forwarded-port")
+                .filter(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+                .or_else(|| {
+                    trusted_forwarded(ctx, s, b"x-forwarded-host")
+                        .and_then(|h| forwarded_host_port(&h).1)
+                })
+                .unwrap_or_else(|| s.req.server_port.to_string()),
+        ),
+        "kong.request.port" => text(s.req.server_port.to_string()),
+        "kong.request.forwarded_scheme" => text(
+            trusted_forwarded(ctx, s, b"x-forwarded-proto")
+                .map(|p| p.to_ascii_lowercase())
+                .unwrap_or_else(|| maps::scheme(&s.req).to_string()),
+        ),
         "kong.response.source" => Prop::Trap(
             "could not get \"kong.response.source\": error in property getter: \
              kong/runloop/wasm.lua:795: attempt to call field 'get_source' (a nil value)"
