@@ -48,8 +48,14 @@ pub fn check_reply(
             from_provider: true,
         });
     }
-    let parsed: Result<Value, _> = serde_json::from_slice(r.body);
-    let value = match parsed {
+    // Success replies are parsed once, into top-level members; the whole
+    // reply becomes a `Value` only on the error paths.
+    if status < 400 {
+        if let Ok(members) = serde_json::from_slice::<Members>(r.body) {
+            return Ok(members);
+        }
+    }
+    let value: Value = match serde_json::from_slice(r.body) {
         Ok(v) => v,
         Err(e) => {
             let error = if r.body.is_empty() {
@@ -90,7 +96,10 @@ pub fn check_reply(
             id,
         });
     }
-    reply::parse_members(r.body).map_err(|what| Failure::Malformed { call, what })
+    Err(Failure::Malformed {
+        call,
+        what: "the reply is not a JSON object".into(),
+    })
 }
 
 /// A change to the upstream request headers.
@@ -198,7 +207,15 @@ fn malformed(what: impl Into<String>) -> Failure {
 }
 
 /// Interprets the members of a 1xx–3xx `/sideband/request` reply.
-pub fn interpret(members: &Members, sent: &ClientRequest) -> Result<RequestOutcome, Failure> {
+/// `body_literal`: the JSON string literal of the body as it was sent (see
+/// `ClientRequest::payload_and_body_range`), to recognise an echo cheaply.
+/// `notes`: describe each change in `Directives::notes` (debug logging).
+pub fn interpret(
+    members: &Members,
+    sent: &ClientRequest,
+    body_literal: Option<&str>,
+    notes: bool,
+) -> Result<RequestOutcome, Failure> {
     match member(members, "response") {
         None | Some(Value::Bool(false)) => {}
         Some(Value::Object(resp)) => return deny(&resp).map(RequestOutcome::Deny),
@@ -208,7 +225,7 @@ pub fn interpret(members: &Members, sent: &ClientRequest) -> Result<RequestOutco
             )))
         }
     }
-    allow(members, sent).map(RequestOutcome::Allow)
+    allow(members, sent, body_literal, notes).map(RequestOutcome::Allow)
 }
 
 fn deny(resp: &serde_json::Map<String, Value>) -> Result<Reply, Failure> {
@@ -223,7 +240,12 @@ fn deny(resp: &serde_json::Map<String, Value>) -> Result<Reply, Failure> {
     Ok(reply::policy_reply(status, &headers, body, was_json))
 }
 
-fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure> {
+fn allow(
+    members: &Members,
+    sent: &ClientRequest,
+    body_literal: Option<&str>,
+    notes: bool,
+) -> Result<Directives, Failure> {
     let mut d = Directives::default();
 
     // Headers (§3.3.1): change, remove by omission, add; Accept-Encoding always removed.
@@ -249,9 +271,11 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
                 if name == "host" {
                     d.host = new_values.first().cloned();
                 }
-                d.notes.push(format!(
+                if notes {
+                    d.notes.push(format!(
                     "Updating \"{name}\" header values based on response from policy provider ({old_values:?} => {new_values:?})"
                 ));
+                }
                 d.header_ops
                     .push(HeaderOp::Set(name.clone(), new_values.clone()));
             }
@@ -260,9 +284,11 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
                 "policy provider removed the host header; the upstream request keeps one".into(),
             ),
             None => {
-                d.notes.push(format!(
-                    "Removing \"{name}\" header based on response from policy provider"
-                ));
+                if notes {
+                    d.notes.push(format!(
+                        "Removing \"{name}\" header based on response from policy provider"
+                    ));
+                }
                 d.header_ops.push(HeaderOp::Remove(name.clone()));
             }
         }
@@ -272,9 +298,11 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
             if name == "host" {
                 d.host = values.first().cloned();
             }
-            d.notes.push(format!(
-                "Adding \"{name}\" header based on response from policy provider ({values:?})"
-            ));
+            if notes {
+                d.notes.push(format!(
+                    "Adding \"{name}\" header based on response from policy provider ({values:?})"
+                ));
+            }
             d.header_ops
                 .push(HeaderOp::Set(name.clone(), values.clone()));
         }
@@ -289,10 +317,12 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
     match member(members, "method") {
         Some(Value::String(m)) if m == sent.method => {}
         Some(Value::String(m)) if METHODS.contains(&m.as_str()) => {
-            d.notes.push(format!(
+            if notes {
+                d.notes.push(format!(
                 "Updating request method based on response from policy provider (\"{}\" => \"{m}\")",
                 sent.method
             ));
+            }
             d.method = Some(m);
         }
         Some(Value::String(m)) => {
@@ -319,22 +349,28 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
                 .ok_or_else(|| malformed("the sent url cannot be parsed"))?;
             if new.host != old.host || new.port != old.port {
                 let host = format!("{}:{}", new.host, new.port);
-                d.notes.push(format!(
+                if notes {
+                    d.notes.push(format!(
                     "Updating URL host based on response from policy provider (\"{sent_url}\" => \"{u}\")"
                 ));
+                }
                 d.host = Some(host);
             }
             if new.path != old.path {
-                d.notes.push(format!(
+                if notes {
+                    d.notes.push(format!(
                     "Updating URL path based on response from policy provider (\"{sent_url}\" => \"{u}\")"
                 ));
+                }
                 d.path = Some(escape_path(&new.path));
             }
             if new.query != old.query {
-                d.notes.push(format!(
+                if notes {
+                    d.notes.push(format!(
                     "Updating URL query based on response from policy provider (\"{}\" => \"{}\")",
                     old.query, new.query
                 ));
+                }
                 d.query = Some(new.query.clone());
             }
             if new.scheme != old.scheme {
@@ -350,22 +386,34 @@ fn allow(members: &Members, sent: &ClientRequest) -> Result<Directives, Failure>
     }
 
     // Body (§3.3.4): an echo keeps it; omission clears a non-empty body.
-    let sent_body = sent.body.as_ref().map(|b| json::text(b).into_owned());
-    match (member(members, "body"), sent_body) {
+    let echoed =
+        matches!((members.get("body"), body_literal), (Some(raw), Some(lit)) if raw.get() == lit);
+    let sent_body = sent.body.as_deref().map(json::text);
+    let new_body = if echoed {
+        None
+    } else {
+        member(members, "body")
+    };
+    match (new_body, sent_body) {
+        _ if echoed => {}
         (None, None) => {}
         (None, Some(old)) if old.is_empty() => {}
         (None, Some(old)) => {
-            d.notes.push(format!(
-                "Clearing body based on response from policy provider (\"{old}\" => \"\")"
-            ));
+            if notes {
+                d.notes.push(format!(
+                    "Clearing body based on response from policy provider (\"{old}\" => \"\")"
+                ));
+            }
             d.body = Some(Vec::new());
         }
         (Some(Value::String(new)), old) if old.as_deref() == Some(new.as_str()) => {}
         (Some(Value::String(new)), old) => {
-            d.notes.push(format!(
-                "Updating body based on response from policy provider (\"{}\" => \"{new}\")",
-                old.unwrap_or_default()
-            ));
+            if notes {
+                d.notes.push(format!(
+                    "Updating body based on response from policy provider (\"{}\" => \"{new}\")",
+                    old.unwrap_or_default()
+                ));
+            }
             d.body = Some(new.into_bytes());
         }
         (Some(other), _) => return Err(malformed(format!("'body' must be a string, got {other}"))),
@@ -523,7 +571,7 @@ mod tests {
 
     fn run(v: &Value) -> Result<RequestOutcome, Failure> {
         let members = reply::parse_members(v.to_string().as_bytes()).unwrap();
-        interpret(&members, &sent())
+        interpret(&members, &sent(), None, true)
     }
 
     fn allow(v: &Value) -> Directives {
@@ -632,10 +680,28 @@ mod tests {
             .to_string()
             .replace("\"PLACEHOLDER\"", r#"{"k": [1, 2.50, "\/"]}"#);
         let members = reply::parse_members(text.as_bytes()).unwrap();
-        match interpret(&members, &sent()).unwrap() {
+        match interpret(&members, &sent(), None, true).unwrap() {
             RequestOutcome::Allow(d) => {
                 assert_eq!(d.state.as_deref(), Some(r#"{"k": [1, 2.50, "\/"]}"#))
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn body_echo_recognised_from_the_sent_literal() {
+        let (payload, range) = sent().payload_and_body_range();
+        let literal = range.and_then(|r| payload.get(r));
+        assert_eq!(literal, Some(r#""{\"a\":1}""#));
+        let members = reply::parse_members(payload.as_bytes()).unwrap();
+        match interpret(&members, &sent(), literal, false).unwrap() {
+            RequestOutcome::Allow(d) => assert_eq!(d.body, None),
+            other => panic!("{other:?}"),
+        }
+        let changed = payload.replace(r#""{\"a\":1}""#, r#""{\"a\":2}""#);
+        let members = reply::parse_members(changed.as_bytes()).unwrap();
+        match interpret(&members, &sent(), literal, false).unwrap() {
+            RequestOutcome::Allow(d) => assert_eq!(d.body.as_deref(), Some(&b"{\"a\":2}"[..])),
             other => panic!("{other:?}"),
         }
     }

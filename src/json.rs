@@ -27,34 +27,52 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Appends `s` as a JSON string literal, quotes included.
+/// Bytes that must be escaped in a JSON string: controls, `"` and `\\`.
+/// (Indexes are checked at compile time.)
+#[allow(clippy::indexing_slicing)]
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Appends `s` as a JSON string literal, quotes included. Runs of bytes that
+/// need no escape are copied in one go (multi-byte UTF-8 never does).
 pub fn push_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            '\u{08}' => Some("\\b"),
-            '\u{0c}' => Some("\\f"),
-            c if (c as u32) < 0x20 => None,
-            _ => continue,
-        };
-        out.push_str(s.get(start..i).unwrap_or(""));
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
-                out.push_str("\\u00");
-                let b = c as u32;
-                out.push(hex_digit(b >> 4));
-                out.push(hex_digit(b & 0xf));
-            }
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE.get(usize::from(b)).copied().unwrap_or(false) {
+            continue;
         }
-        start = i + c.len_utf8();
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            _ => "",
+        };
+        // `i` is an ASCII byte, so both slices end on character boundaries.
+        out.push_str(s.get(start..i).unwrap_or(""));
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(hex_digit(u32::from(b) >> 4));
+            out.push(hex_digit(u32::from(b) & 0xf));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
     }
     out.push_str(s.get(start..).unwrap_or(""));
     out.push('"');

@@ -43,11 +43,13 @@ pub type Members = BTreeMap<String, Box<RawValue>>;
 
 /// Parses a sideband reply body into its top-level members.
 pub fn parse_members(body: &[u8]) -> Result<Members, String> {
-    let value: Box<RawValue> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if !value.get().trim_start().starts_with('{') {
-        return Err("the reply is not a JSON object".into());
-    }
-    serde_json::from_str(value.get()).map_err(|e| e.to_string())
+    serde_json::from_slice(body).map_err(|e| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            "the reply is not a JSON object".to_string()
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 /// A member parsed as a JSON value (`None` when absent).

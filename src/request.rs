@@ -67,6 +67,13 @@ impl ClientRequest {
 
     /// The JSON body of `POST /sideband/request`.
     pub fn payload(&self) -> String {
+        self.payload_and_body_range().0
+    }
+
+    /// The payload, and where the `body` string literal stands in it (so a
+    /// reply that echoes the body can be recognised without decoding it).
+    pub fn payload_and_body_range(&self) -> (String, Option<std::ops::Range<usize>>) {
+        let mut body_range = None;
         let mut out = String::with_capacity(256 + self.body.as_ref().map_or(0, Vec::len) * 2);
         out.push_str("{\"source_ip\":");
         json::push_str(&mut out, &self.source_ip);
@@ -78,7 +85,9 @@ impl ClientRequest {
         json::push_bytes(&mut out, &self.url());
         if let Some(body) = &self.body {
             out.push_str(",\"body\":");
+            let start = out.len();
             json::push_bytes(&mut out, body);
+            body_range = Some(start..out.len());
         }
         out.push_str(",\"headers\":");
         push_headers(&mut out, &self.headers);
@@ -89,7 +98,7 @@ impl ClientRequest {
             out.push_str(cert);
         }
         out.push('}');
-        out
+        (out, body_range)
     }
 }
 

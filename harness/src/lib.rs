@@ -8,6 +8,7 @@
 //! - [`certs`]: a throw-away test PKI.
 //! - [`wasm_build`]: builds the filter's `.wasm` once per test process.
 
+pub mod bench;
 pub mod certs;
 pub mod emulator;
 pub mod http;

@@ -1549,6 +1549,36 @@ fn metrics_and_time_host_functions() {
     assert!(has_line(&emu, "unknown foreign function"));
 }
 
+#[test]
+fn stats_separate_guest_time_from_dispatch_io_start() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(chain, get("/a"));
+    let plain = emu.stats();
+    assert_eq!(
+        plain.io_start_time,
+        Duration::ZERO,
+        "no dispatch, no I/O start"
+    );
+    assert_eq!(plain.guest_time(), plain.wasm_time);
+
+    let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert_eq!(resp.status, 200);
+    let stats = emu.stats();
+    assert_eq!(stats.dispatches, 1);
+    // Starting the dispatch's I/O thread happens inside the guest call ...
+    assert!(stats.io_start_time > Duration::ZERO);
+    assert!(stats.io_start_time < stats.wasm_time);
+    // ... and is left out of the guest's own time.
+    assert_eq!(stats.guest_time(), stats.wasm_time - stats.io_start_time);
+    assert!(stats.guest_time() > plain.guest_time());
+
+    emu.reset_stats();
+    assert_eq!(emu.stats().io_start_time, Duration::ZERO);
+    assert_eq!(emu.stats().guest_time(), Duration::ZERO);
+}
+
 /// A minimal module: the exports Kong requires plus one import.
 fn module_importing(import_module: &str, import_name: &str, params: &[u8]) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {

@@ -67,6 +67,8 @@ pub struct Http {
     upstream_response: Option<UpstreamResponse>,
     reply: Option<Reply>,
     reply_body_written: bool,
+    /// Where the body's JSON literal stands in `payload`.
+    body_range: Option<std::ops::Range<usize>>,
     /// Size of a body the host could not hand over (spooled to a file).
     unread_body_size: usize,
 }
@@ -89,6 +91,7 @@ impl Http {
             reply: None,
             reply_body_written: false,
             unread_body_size: 0,
+            body_range: None,
         }
     }
 
@@ -292,7 +295,9 @@ impl Http {
     }
 
     fn start_request_call(&mut self) -> Action {
-        self.payload = self.request.payload();
+        let (payload, body_range) = self.request.payload_and_body_range();
+        self.payload = payload;
+        self.body_range = body_range;
         let payload = std::mem::take(&mut self.payload);
         let result = self.call_sideband(Call::Request, &payload);
         self.payload = payload;
@@ -313,9 +318,10 @@ impl Http {
     }
 
     fn on_request_reply(&mut self, r: CallResult<'_>) {
-        let outcome = self
-            .checked_reply(Call::Request, r)
-            .and_then(|members| decision::interpret(&members, &self.request));
+        let outcome = self.checked_reply(Call::Request, r).and_then(|members| {
+            let literal = self.body_range.clone().and_then(|r| self.payload.get(r));
+            decision::interpret(&members, &self.request, literal, self.debug_enabled())
+        });
         match outcome {
             Err(f) => self.fail(f),
             Ok(RequestOutcome::Deny(reply)) => {
@@ -749,11 +755,16 @@ impl HttpContext for Http {
                 );
                 Action::Continue
             }
-            Stage::Forwarded => Action::Continue,
-            _ => {
-                // The host proxied the request without a decision: it had a
-                // Transfer-Encoding but an empty body, and the host skips the
-                // body step for empty bodies. Do not let the response through.
+            // Never saw the request: an earlier filter of the chain answered.
+            Stage::Forwarded | Stage::Start => Action::Continue,
+            Stage::AwaitingBody
+            | Stage::SidebandRequest
+            | Stage::Upstream
+            | Stage::SidebandResponse => {
+                // The host proxied the request before a decision: it announced
+                // a body (Transfer-Encoding) but sent none, and the host skips the
+                // body step for empty bodies; or the host went on without calling
+                // back a failed dispatch (Kong 3.8). Do not let the response through.
                 host::log(
                     Level::Error,
                     "the upstream was called before a policy decision (request announced a body but \

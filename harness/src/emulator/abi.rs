@@ -19,7 +19,7 @@ use super::LogLevel;
 use anyhow::anyhow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, FuncType, Linker, ValType};
 
 const MODULE: &str = "env";
@@ -1298,6 +1298,7 @@ fn dispatch_http_call(
     {
         let ctx = c.data_mut();
         ctx.stats.dispatches += 1;
+        let io_started = Instant::now();
         let spawned = net::spawn_dispatch(
             ctx.tx.clone(),
             token,
@@ -1305,6 +1306,7 @@ fn dispatch_http_call(
             ctx.tls.clone(),
             cancel.clone(),
         );
+        ctx.stats.io_start_time += io_started.elapsed();
         match spawned {
             Ok(handle) => ctx.threads.push(handle),
             Err(e) => {

@@ -1,0 +1,280 @@
+//! The filter's payload building and reply handling, run natively on the
+//! inputs a scenario gave the filter in the emulator: the `ping_auth` core
+//! functions the proxy-wasm glue calls, without Wasm and without host calls.
+
+use super::scenarios::{self, Exchange, Recorder, Scenario};
+use super::stats::{summarize, Summary};
+use super::Counts;
+use crate::emulator::ClientRequest as EmuRequest;
+use anyhow::{anyhow, bail};
+use ping_auth::decision::{self, CallResult, RequestOutcome};
+use ping_auth::failure::Call;
+use ping_auth::request::{self, ClientRequest, Header, MAX_HEADERS};
+use ping_auth::response_hook::{self, Context, UpstreamResponse};
+use std::time::{Duration, Instant, SystemTime};
+
+/// An upstream answer as the host hands it over: header lines as received,
+/// and the body.
+pub type RawResponse = (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// Everything the filter received in one request of a scenario.
+pub struct Inputs {
+    pub client: EmuRequest,
+    /// The `/sideband/request` reply body.
+    pub request_reply: Vec<u8>,
+    /// The upstream answer (response hook only).
+    pub upstream: Option<RawResponse>,
+    /// The `/sideband/response` reply body (response hook only).
+    pub response_reply: Option<Vec<u8>>,
+    /// The dispatch target, for failure messages.
+    pub target: String,
+}
+
+/// What one native run produced, to compare with what the filter sent.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub request_payload: String,
+    pub response_payload: Option<String>,
+    /// The status the client gets.
+    pub status: u16,
+}
+
+impl Inputs {
+    /// Inputs of a scenario from what the policy server recorded.
+    pub fn new(
+        scenario: &Scenario,
+        request: Option<Exchange>,
+        response: Option<Exchange>,
+        pdp_port: u16,
+    ) -> Option<Self> {
+        let upstream = if scenario.hook {
+            let sent = scenarios::upstream_response(scenarios::upstream_body(scenario.key));
+            // The loopback server appends these two.
+            let mut headers = sent.headers.clone();
+            headers.push((
+                "Content-Length".into(),
+                sent.body.len().to_string().into_bytes(),
+            ));
+            headers.push(("Connection".into(), b"close".to_vec()));
+            Some((headers, sent.body))
+        } else {
+            None
+        };
+        Some(Self {
+            client: scenario.request.clone(),
+            request_reply: request?.reply_body,
+            upstream,
+            response_reply: match scenario.hook {
+                true => Some(response?.reply_body),
+                false => None,
+            },
+            target: format!("127.0.0.1:{pdp_port}"),
+        })
+    }
+}
+
+/// The core request the filter builds from the host's view of the client
+/// request (Kong's forwarded scheme, host and port; normalised path).
+fn client_request(c: &EmuRequest) -> ClientRequest {
+    let (raw_path, raw_query) = match c.target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (c.target.as_str(), ""),
+    };
+    let host = c
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    ClientRequest {
+        source_ip: c.client_addr.ip().to_string(),
+        source_port: c.client_addr.port().to_string(),
+        method: c.method.clone(),
+        scheme: "http".into(),
+        host,
+        port: c.server_port.to_string(),
+        path: request::normalize_path(raw_path.as_bytes()),
+        raw_query: raw_query.as_bytes().to_vec(),
+        headers: c
+            .headers
+            .iter()
+            .take(MAX_HEADERS)
+            .map(|(n, v)| Header::new(n, v.clone()))
+            .collect(),
+        body: Some(c.body.clone()),
+        http_version: "1.1".into(),
+        client_certificate: None,
+    }
+}
+
+fn ok_reply(body: &[u8]) -> CallResult<'_> {
+    CallResult {
+        status: Some(200),
+        dispatch_status: Some("ok"),
+        retry_after: None,
+        body,
+    }
+}
+
+/// Time taken by each part of [`run`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// Building the core request and the `/sideband/request` payload.
+    pub payload: Duration,
+    /// `check_reply` + `interpret` of the `/sideband/request` reply.
+    pub decision: Duration,
+    /// The response hook: `/sideband/response` payload, `check_reply` and
+    /// `client_response` of its reply (zero without the hook).
+    pub hook: Duration,
+}
+
+/// One request's worth of the filter's core work.
+pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
+    let mut phases = Phases::default();
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let req = client_request(&inputs.client);
+    let request_payload = req.payload();
+    phases.payload = started.elapsed();
+    let started = Instant::now();
+    let members = decision::check_reply(
+        Call::Request,
+        &inputs.target,
+        ok_reply(&inputs.request_reply),
+        now,
+    )
+    .map_err(|f| f.log().1)?;
+    let directives =
+        match decision::interpret(&members, &req, None, false).map_err(|f| f.log().1)? {
+            RequestOutcome::Deny(reply) => {
+                phases.decision = started.elapsed();
+                let out = Outputs {
+                    request_payload,
+                    response_payload: None,
+                    status: reply.status,
+                };
+                return Ok((out, phases));
+            }
+            RequestOutcome::Allow(d) => d,
+        };
+    phases.decision = started.elapsed();
+    let (Some((upstream_headers, upstream_body)), Some(response_reply)) =
+        (&inputs.upstream, &inputs.response_reply)
+    else {
+        let out = Outputs {
+            request_payload,
+            response_payload: None,
+            status: 200,
+        };
+        return Ok((out, phases));
+    };
+    let started = Instant::now();
+    // The response hook: the forwarded request's headers, the upstream
+    // response as received, the `/sideband/response` payload and its reply.
+    let mut forwarded = req.headers.clone();
+    directives.apply_headers(&mut forwarded);
+    let upstream = UpstreamResponse {
+        status: 200,
+        headers: upstream_headers
+            .iter()
+            .map(|(n, v)| Header::new(n, v.clone()))
+            .collect(),
+        body: upstream_body.clone(),
+    };
+    let method = directives.method.as_deref().unwrap_or(&req.method);
+    let query = match &directives.query {
+        Some(q) => request::normalize_query(q.as_bytes()),
+        None => request::normalize_query(&req.raw_query),
+    };
+    let url = request::url_bytes(&req.scheme, &req.host, &req.port, &req.path, &query);
+    let context = match &directives.state {
+        Some(raw) => Context::State(raw),
+        None => Context::Request(&request_payload),
+    };
+    let response_payload =
+        response_hook::payload(method, &url, &upstream, &req.http_version, context);
+    let members = decision::check_reply(
+        Call::Response,
+        &inputs.target,
+        ok_reply(response_reply),
+        now,
+    )
+    .map_err(|f| f.log().1)?;
+    let reply = response_hook::client_response(&members, &upstream).map_err(|f| f.log().1)?;
+    phases.hook = started.elapsed();
+    let out = Outputs {
+        request_payload,
+        response_payload: Some(response_payload),
+        status: reply.status,
+    };
+    Ok((out, phases))
+}
+
+/// One scenario natively.
+pub struct NativeRun {
+    pub total: Summary,
+    pub payload: Summary,
+    pub decision: Summary,
+    pub hook: Summary,
+    /// The native payloads are byte for byte what the filter sent.
+    pub same_payloads: bool,
+}
+
+/// The longest a scenario's native loop runs (after at least 200 runs).
+const TIME_LIMIT: Duration = Duration::from_secs(3);
+
+/// Replays a scenario's recorded exchange natively: `warmup` runs, then up
+/// to `native` timed ones.
+pub fn measure(
+    sc: &Scenario,
+    recorder: &Recorder,
+    pdp_port: u16,
+    counts: Counts,
+) -> anyhow::Result<NativeRun> {
+    let request = recorder.get(sc.key, "request");
+    let response = recorder.get(sc.key, "response");
+    let Some(inputs) = Inputs::new(sc, request.clone(), response.clone(), pdp_port) else {
+        bail!("{}: the policy server recorded no exchange", sc.key);
+    };
+    let (first, _) = run(&inputs).map_err(|e| anyhow!("{}: native run: {e}", sc.key))?;
+    if first.status != sc.expect_status {
+        bail!(
+            "{}: native run gave {} instead of {}",
+            sc.key,
+            first.status,
+            sc.expect_status
+        );
+    }
+    let same_request = request.is_some_and(|e| e.request_body == first.request_payload.as_bytes());
+    let same_response = match (&first.response_payload, response) {
+        (Some(p), Some(e)) => e.request_body == p.as_bytes(),
+        (None, _) => !sc.hook,
+        (Some(_), None) => false,
+    };
+    for _ in 0..counts.warmup {
+        std::hint::black_box(run(std::hint::black_box(&inputs)).ok());
+    }
+    let mut total = Vec::with_capacity(counts.native);
+    let mut phases = Vec::with_capacity(counts.native);
+    let loop_started = Instant::now();
+    for i in 0..counts.native {
+        if i >= 200 && loop_started.elapsed() > TIME_LIMIT {
+            break;
+        }
+        let started = Instant::now();
+        let out = run(std::hint::black_box(&inputs));
+        total.push(started.elapsed());
+        if let Ok((_, p)) = std::hint::black_box(out) {
+            phases.push(p);
+        }
+    }
+    let phase = |f: fn(&Phases) -> Duration| summarize(&phases.iter().map(f).collect::<Vec<_>>());
+    Ok(NativeRun {
+        total: summarize(&total),
+        payload: phase(|p| p.payload),
+        decision: phase(|p| p.decision),
+        hook: phase(|p| p.hook),
+        same_payloads: same_request && same_response,
+    })
+}
