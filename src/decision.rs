@@ -707,6 +707,31 @@ mod tests {
     }
 
     #[test]
+    fn certificate_changes_warn_and_echo_does_not() {
+        let mut with_cert = sent();
+        with_cert.client_certificate = Some(r#"{"kty":"EC","crv":"P-256","x":"a","y":"b"}"#.into());
+        let run_with = |v: &Value| {
+            let members = reply::parse_members(v.to_string().as_bytes()).unwrap();
+            match interpret(&members, &with_cert, None, false).unwrap() {
+                RequestOutcome::Allow(d) => d,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut v = echo();
+        v["client_certificate"] = serde_json::json!({"y":"b","x":"a","crv":"P-256","kty":"EC"});
+        assert!(
+            run_with(&v).warnings.is_empty(),
+            "an echo (any key order) is not a change"
+        );
+        v["client_certificate"]["x"] = "changed".into();
+        let d = run_with(&v);
+        assert_eq!(d.warnings.len(), 1);
+        assert!(d.warnings[0].contains("not supported"));
+        v.as_object_mut().unwrap().remove("client_certificate");
+        assert!(run_with(&v).warnings[0].contains("(\"client_certificate\" => \"nil\")"));
+    }
+
+    #[test]
     fn source_fields_warn() {
         let mut v = echo();
         v.as_object_mut().unwrap().remove("source_ip");

@@ -373,3 +373,26 @@ fn announced_but_empty_body_gets_502_not_the_upstream_response() {
         assert!(env.log_contains("before a policy decision"));
     }
 }
+
+#[test]
+fn options_the_host_cannot_honour_are_accepted_and_logged_once() {
+    let env = Env::new(
+        allow_all,
+        json!({"connection_keepAlive_ms": 120000, "verify_service_certificate": false}),
+    );
+    let configured: Vec<String> = env
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("configured:"))
+        .collect();
+    assert_eq!(configured.len(), 1, "one line per configuration");
+    assert!(configured[0].contains("connection_keepAlive_ms is not applied"));
+    assert!(configured[0].contains("global wasm TLS settings"));
+    let verify: Vec<String> = env
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("verify_service_certificate=false is not applied"))
+        .collect();
+    assert_eq!(verify.len(), 1);
+    assert!(!env.logs().join("\n").contains("s3cr3t"));
+}
