@@ -50,9 +50,30 @@ pub fn build(package: &str) -> anyhow::Result<PathBuf> {
 
     let root = workspace_root();
     let target_dir = root.join("target").join("wasm-tests");
+    cargo_build(&root, package, &target_dir, &[])?;
+
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    let path = target_dir.join("wasm32-wasip1").join("release").join(file);
+    if !path.is_file() {
+        bail!("build succeeded but {} is missing", path.display());
+    }
+    built.insert(package.to_string(), path.clone());
+    Ok(path)
+}
+
+/// Runs `cargo build --release --target wasm32-wasip1 -p <package>` in
+/// `workspace` with its own target directory and extra environment
+/// variables. Flags meant for the outer (native) build are not passed on.
+pub fn cargo_build(
+    workspace: &Path,
+    package: &str,
+    target_dir: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(&root)
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
         .args([
             "build",
             "--release",
@@ -62,10 +83,13 @@ pub fn build(package: &str) -> anyhow::Result<PathBuf> {
             package,
         ])
         .arg("--target-dir")
-        .arg(&target_dir)
-        // Flags meant for the outer (native) build must not leak into this one.
+        .arg(target_dir)
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command
         .output()
         .with_context(|| format!("running cargo build for {package}"))?;
     if !output.status.success() {
@@ -74,12 +98,5 @@ pub fn build(package: &str) -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-
-    let file = format!("{}.wasm", package.replace('-', "_"));
-    let path = target_dir.join("wasm32-wasip1").join("release").join(file);
-    if !path.is_file() {
-        bail!("build succeeded but {} is missing", path.display());
-    }
-    built.insert(package.to_string(), path.clone());
-    Ok(path)
+    Ok(())
 }

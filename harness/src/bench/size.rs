@@ -46,30 +46,12 @@ pub fn wasm_opt(input: &Path, output: &Path) -> anyhow::Result<Option<String>> {
 /// directory, and returns the `.wasm` path.
 pub fn build_with_names(workspace: &Path) -> anyhow::Result<PathBuf> {
     let target_dir = workspace.join("target").join("bench-names");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "ping-auth",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("CARGO_PROFILE_RELEASE_STRIP", "false")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .context("running cargo build (unstripped)")?;
-    if !out.status.success() {
-        bail!(
-            "unstripped build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    crate::wasm_build::cargo_build(
+        workspace,
+        "ping-auth",
+        &target_dir,
+        &[("CARGO_PROFILE_RELEASE_STRIP", "false")],
+    )?;
     let path = target_dir
         .join("wasm32-wasip1")
         .join("release")
