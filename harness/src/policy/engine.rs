@@ -207,6 +207,25 @@ fn expand(value: &str, subject: Option<&str>) -> String {
     value.replace("${subject}", subject.unwrap_or_default())
 }
 
+/// A rule's header changes, in order: removals, replacements, additions.
+fn change_headers(
+    headers: &mut HeaderList,
+    remove: &[String],
+    set: &OrderedMap<OneOrMany>,
+    add: &OrderedMap<OneOrMany>,
+    subject: Option<&str>,
+) {
+    for name in remove {
+        remove_header(headers, name);
+    }
+    for (name, values) in set.iter() {
+        set_header(headers, name, &expanded_values(values, subject));
+    }
+    for (name, values) in add.iter() {
+        add_header(headers, name, &expanded_values(values, subject));
+    }
+}
+
 fn expanded_values(values: &OneOrMany, subject: Option<&str>) -> Vec<String> {
     values
         .values()
@@ -403,23 +422,13 @@ fn apply_request_modify(forward: &mut Forward, modify: &RequestModify, subject: 
         forward.url.query = Some(pieces.to_query());
         forward.url_changed = true;
     }
-    for name in &modify.remove_headers {
-        remove_header(&mut forward.headers, name);
-    }
-    for (name, values) in modify.set_headers.iter() {
-        set_header(
-            &mut forward.headers,
-            name,
-            &expanded_values(values, subject),
-        );
-    }
-    for (name, values) in modify.add_headers.iter() {
-        add_header(
-            &mut forward.headers,
-            name,
-            &expanded_values(values, subject),
-        );
-    }
+    change_headers(
+        &mut forward.headers,
+        &modify.remove_headers,
+        &modify.set_headers,
+        &modify.add_headers,
+        subject,
+    );
     if let Some(body) = &modify.set_body {
         forward.body = Some(body.clone());
     }
@@ -615,23 +624,13 @@ fn apply_response_modify(returned: &mut Returned, modify: &ResponseModify, subje
         returned.status = status;
         returned.status_changed = true;
     }
-    for name in &modify.remove_headers {
-        remove_header(&mut returned.headers, name);
-    }
-    for (name, values) in modify.set_headers.iter() {
-        set_header(
-            &mut returned.headers,
-            name,
-            &expanded_values(values, subject),
-        );
-    }
-    for (name, values) in modify.add_headers.iter() {
-        add_header(
-            &mut returned.headers,
-            name,
-            &expanded_values(values, subject),
-        );
-    }
+    change_headers(
+        &mut returned.headers,
+        &modify.remove_headers,
+        &modify.set_headers,
+        &modify.add_headers,
+        subject,
+    );
     if let Some(body) = &modify.set_body {
         returned.body = Some(body.clone());
     }
