@@ -1509,18 +1509,7 @@ impl Host {
     /// The request pool is freed: `on_delete`, pending work cancelled.
     fn done(&mut self, sid: u64) {
         let _ = self.pw_resume(sid, Phase::Done, Step::Done);
-        let tokens: Vec<u32> = self
-            .ctx()
-            .calls
-            .iter()
-            .filter(|(_, c)| matches!(c.owner, CallOwner::Http { stream, .. } if stream == sid))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in tokens {
-            if let Some(call) = self.ctx_mut().calls.remove(&t) {
-                call.cancel.store(true, Ordering::SeqCst);
-            }
-        }
+        self.cancel_calls(sid);
         let Some(s) = self.stream_mut(sid) else {
             return;
         };

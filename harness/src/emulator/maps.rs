@@ -373,22 +373,7 @@ pub(crate) fn set_request_header(
     let key = escape_name(key);
     let value = escape_value(value);
     let builtin = is_one_of(&key, &REQ_BUILTINS);
-    match op {
-        MapOp::Remove if builtin => req.headers.remove_first(&key),
-        MapOp::Remove => {
-            req.headers.remove(&key);
-        }
-        MapOp::Add if builtin && req.headers.contains(&key) => {
-            return Err(format!(
-                "cannot add new \"{}\" builtin request header",
-                String::from_utf8_lossy(&key)
-            ));
-        }
-        MapOp::Add => req.headers.add(&key, &value),
-        MapOp::Set if builtin => req.headers.set_first(&key, &value),
-        MapOp::Set => req.headers.set(&key, &value),
-    }
-    Ok(())
+    apply_op(&mut req.headers, &key, &value, op, builtin, "request")
 }
 
 /// Changes a response header with nginx's rules: `Content-Type` is kept
@@ -451,20 +436,33 @@ pub(crate) fn set_response_header(
         return Ok(());
     }
     let builtin = is_one_of(&key, &RESP_BUILTINS);
+    apply_op(&mut resp.headers, &key, &value, op, builtin, "response")
+}
+
+/// One header operation. nginx keeps a single entry for its builtin headers:
+/// they are set or removed in place, and adding a second one fails.
+fn apply_op(
+    headers: &mut HeaderList,
+    key: &[u8],
+    value: &[u8],
+    op: MapOp,
+    builtin: bool,
+    kind: &str,
+) -> Result<(), String> {
     match op {
-        MapOp::Remove if builtin => resp.headers.remove_first(&key),
+        MapOp::Remove if builtin => headers.remove_first(key),
         MapOp::Remove => {
-            resp.headers.remove(&key);
+            headers.remove(key);
         }
-        MapOp::Add if builtin && resp.headers.contains(&key) => {
+        MapOp::Add if builtin && headers.contains(key) => {
             return Err(format!(
-                "cannot add new \"{}\" builtin response header",
-                String::from_utf8_lossy(&key)
+                "cannot add new \"{}\" builtin {kind} header",
+                String::from_utf8_lossy(key)
             ));
         }
-        MapOp::Add => resp.headers.add(&key, &value),
-        MapOp::Set if builtin => resp.headers.set_first(&key, &value),
-        MapOp::Set => resp.headers.set(&key, &value),
+        MapOp::Add => headers.add(key, value),
+        MapOp::Set if builtin => headers.set_first(key, value),
+        MapOp::Set => headers.set(key, value),
     }
     Ok(())
 }
