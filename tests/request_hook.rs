@@ -785,3 +785,27 @@ fn plain_proxy_wasm_host_applies_path_query_host_through_headers() {
     assert_eq!(req_header(&up, "host"), ["other:9000"]);
     assert_eq!(req_header(&up, "x-user"), ["alice"]);
 }
+
+#[test]
+fn plain_host_path_with_non_utf8_bytes_does_not_trap() {
+    // nginx's `:path` is the decoded $uri: `%FF` is a raw 0xFF byte there.
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let mut env = Env::with(
+        opts,
+        route(),
+        allow_with(|v| v["url"] = "http://kong:8000/x%FF?changed=1".into()),
+        json!({"enable_response_hook": false}),
+    );
+    let resp = env.send(get("/x%FF?a=1"));
+    assert!(!resp.trapped, "reading :path must not trap");
+    assert_eq!(resp.status, 200);
+    assert!(env
+        .upstream
+        .last_request()
+        .unwrap()
+        .target
+        .ends_with("?changed=1"));
+}

@@ -397,7 +397,12 @@ impl Http {
                     }
                 }
                 None => {
-                    let current = self.get_http_request_header(":path").unwrap_or_default();
+                    // Read through the bounds-checked map reader: the SDK's
+                    // getter unwraps UTF-8, and `:path` is nginx's decoded $uri.
+                    let map = host::header_map(Map::HttpRequestHeaders);
+                    let current = host::find(&map, ":path")
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default();
                     let (new_path, _) = upstream::rewrite(&current, "", &d);
                     self.set_http_request_header(":path", Some(&new_path));
                 }
