@@ -809,3 +809,39 @@ fn plain_host_path_with_non_utf8_bytes_does_not_trap() {
         .target
         .ends_with("?changed=1"));
 }
+
+#[test]
+fn second_values_of_single_value_headers_never_trap() {
+    // nginx keeps one entry for headers such as User-Agent and Content-Type
+    // and refuses a second one: no trap, one value kept.
+    let mut env = Env::new(
+        allow_with(|v| {
+            let h = v["headers"].as_array_mut().unwrap();
+            h.push(json!({"user-agent": "second"}));
+        }),
+        json!({"enable_response_hook": false}),
+    );
+    let resp = env.send(get("/"));
+    assert!(!resp.trapped);
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        req_header(&env.upstream.last_request().unwrap(), "user-agent"),
+        ["curl/8.5.0"]
+    );
+    // Kong's host logs the refusal itself and keeps the first value.
+    assert!(env.log_contains("cannot add new \"user-agent\" builtin request header"));
+
+    let mut env = Env::new(
+        |_r: &Request| {
+            Response::json(
+                200,
+                &json!({"response": {"response_code": "403", "headers": [{"content-type": "text/plain"}, {"content-type": "text/html"}], "body": "no"}}),
+            )
+        },
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert!(!resp.trapped);
+    assert_eq!((resp.status, resp.body.as_slice()), (403, &b"no"[..]));
+    assert_eq!(header_all(&resp, "content-type").len(), 1);
+}

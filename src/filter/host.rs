@@ -102,6 +102,35 @@ pub fn set_property(path: &[&str], value: &[u8]) -> bool {
     hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
 }
 
+/// Sets (`Some`) or removes (`None`) a header; a refusal by the host is
+/// logged instead of trapping (the SDK's setters `unwrap` the status).
+pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
+    if let Err(status) = hostcalls::set_map_value(map, name, value) {
+        log(
+            Level::Warn,
+            &format!(
+                "the host refused to set header '{name}' ({})",
+                status_name(status)
+            ),
+        );
+    }
+}
+
+/// Adds a header value; nginx keeps one entry for some headers
+/// (`Content-Type`, `User-Agent`, `Host`...) and refuses a second: that is
+/// logged, not a trap.
+pub fn add_header(map: MapType, name: &str, value: &str) {
+    if let Err(status) = hostcalls::add_map_value(map, name, value) {
+        log(
+            Level::Warn,
+            &format!(
+                "the host refused another value for header '{name}' ({}); it keeps one value for this header",
+                status_name(status)
+            ),
+        );
+    }
+}
+
 /// Writes a log line at the given level.
 pub fn log(level: Level, message: &str) {
     let level = match level {

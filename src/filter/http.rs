@@ -370,19 +370,19 @@ impl Http {
         for op in &d.header_ops {
             match op {
                 HeaderOp::Remove(name) if name != "host" => {
-                    self.set_http_request_header(name, None)
+                    host::set_header(Map::HttpRequestHeaders, name, None)
                 }
                 HeaderOp::Set(name, values) if name != "host" => {
-                    self.set_http_request_header(name, None);
+                    host::set_header(Map::HttpRequestHeaders, name, None);
                     for v in values {
-                        self.add_http_request_header(name, v);
+                        host::add_header(Map::HttpRequestHeaders, name, v);
                     }
                 }
                 _ => {}
             }
         }
         if let Some(m) = &d.method {
-            self.set_http_request_header(":method", Some(m));
+            host::set_header(Map::HttpRequestHeaders, ":method", Some(m));
         }
         let kong_uri = host::property(&["ngx", "upstream_uri"]);
         if d.path.is_some() || d.query.is_some() {
@@ -404,7 +404,7 @@ impl Http {
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                         .unwrap_or_default();
                     let (new_path, _) = upstream::rewrite(&current, "", &d);
-                    self.set_http_request_header(":path", Some(&new_path));
+                    host::set_header(Map::HttpRequestHeaders, ":path", Some(&new_path));
                 }
             }
         }
@@ -417,7 +417,7 @@ impl Http {
                     return;
                 }
             } else {
-                self.set_http_request_header("host", Some(h));
+                host::set_header(Map::HttpRequestHeaders, "host", Some(h));
             }
         }
         self.stage = Stage::Forwarded;
@@ -746,15 +746,16 @@ impl HttpContext for Http {
                         continue;
                     }
                     done.push(name);
-                    self.set_http_response_header(name, None);
+                    host::set_header(Map::HttpResponseHeaders, name, None);
                     for (_, v) in reply.headers.iter().filter(|(n, _)| n == name) {
-                        self.add_http_response_header(name, v);
+                        host::add_header(Map::HttpResponseHeaders, name, v);
                     }
                 }
                 if reply.header("content-type").is_none() {
-                    self.set_http_response_header("content-type", None);
+                    host::set_header(Map::HttpResponseHeaders, "content-type", None);
                 }
-                self.set_http_response_header(
+                host::set_header(
+                    Map::HttpResponseHeaders,
                     "content-length",
                     Some(&reply.body.len().to_string()),
                 );
@@ -781,10 +782,10 @@ impl HttpContext for Http {
                     .filter(|n| !n.starts_with(':'))
                     .collect();
                 for n in names {
-                    self.set_http_response_header(&n, None);
+                    host::set_header(Map::HttpResponseHeaders, &n, None);
                 }
                 self.send(Reply::empty(502));
-                self.set_http_response_header("content-length", Some("0"));
+                host::set_header(Map::HttpResponseHeaders, "content-length", Some("0"));
                 Action::Continue
             }
         }
