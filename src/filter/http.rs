@@ -362,7 +362,8 @@ impl Http {
     /// proxies. Inside Kong the upstream path, query and Host are Kong's
     /// `ngx.upstream_uri` / `ngx.upstream_host`.
     fn forward(&mut self) {
-        let d = self.directives.clone();
+        // Nothing reads the directives after this (the host proxies from here on).
+        let d = std::mem::take(&mut self.directives);
         if d.body.is_some() {
             self.fail(Failure::BodyChangeUnsupported);
             return;
@@ -737,7 +738,8 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.stage {
             Stage::Replied => {
-                let Some(reply) = self.reply.clone() else {
+                // Header changes are free functions: borrowing the reply suffices.
+                let Some(reply) = &self.reply else {
                     return Action::Continue;
                 };
                 let mut done: Vec<&str> = Vec::new();
@@ -793,16 +795,13 @@ impl HttpContext for Http {
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if self.stage == Stage::Replied && body_size > 0 {
-            let body = if self.reply_body_written {
-                Vec::new()
-            } else {
-                self.reply
-                    .as_ref()
-                    .map(|r| r.body.clone())
-                    .unwrap_or_default()
+            // The first chunk becomes the reply's exact body; later ones are emptied.
+            let body: &[u8] = match &self.reply {
+                Some(r) if !self.reply_body_written => &r.body,
+                _ => &[],
             };
+            self.set_http_response_body(0, body_size, body);
             self.reply_body_written = true;
-            self.set_http_response_body(0, body_size, &body);
         }
         Action::Continue
     }
