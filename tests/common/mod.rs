@@ -239,6 +239,7 @@ pub fn get(target: &str) -> ClientRequest {
         tls: false,
         server_port: 8000,
         client_cert_pem: None,
+        connection: None,
     }
 }
 

@@ -160,6 +160,7 @@ fn request(method: &str, target: &str, headers: Vec<(String, Vec<u8>)>) -> Clien
         tls: false,
         server_port: 8000,
         client_cert_pem: None,
+        connection: None,
     }
 }
 

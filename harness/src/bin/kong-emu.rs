@@ -170,6 +170,7 @@ fn to_client_request(req: http::Request, server_port: u16) -> ClientRequest {
         tls: req.tls,
         server_port,
         client_cert_pem: None,
+        connection: None,
     }
 }
 

@@ -219,6 +219,10 @@ pub struct ClientRequest {
     pub server_port: u16,
     /// Served as `ngx.ssl_client_raw_cert`.
     pub client_cert_pem: Option<String>,
+    /// The client connection the request arrives on. Requests with the same
+    /// id are successive keep-alive requests on one connection (nginx keeps
+    /// per-connection state between them); `None`: a connection of its own.
+    pub connection: Option<u64>,
 }
 
 impl ClientRequest {
@@ -235,6 +239,7 @@ impl ClientRequest {
             tls: false,
             server_port: 8000,
             client_cert_pem: None,
+            connection: None,
         }
     }
 
