@@ -92,6 +92,11 @@ pub enum Failure {
     /// The request body did not fit the host's body buffer, so the response
     /// hook cannot forward it.
     RequestBodyUnreadable { size: usize },
+    /// The host shows the filter only part of the request's headers, so
+    /// the policy provider cannot see them all: 431.
+    TooManyHeaders { visible: usize },
+    /// The client certificate cannot be read into the payload: 400, as in Lua.
+    BadClientCertificate { error: String },
     /// The host refused an operation the filter needs.
     Host { what: String },
 }
@@ -126,6 +131,8 @@ impl Failure {
             }
             Failure::UpstreamFailed { detail, .. } if detail == "timeout" => Reply::empty(504),
             Failure::RequestBodyUnreadable { .. } => Reply::empty(413),
+            Failure::TooManyHeaders { .. } => Reply::empty(431),
+            Failure::BadClientCertificate { .. } => Reply::empty(400),
             Failure::NoUpstream { .. } | Failure::Host { .. } => Reply::empty(500),
             _ => Reply::empty(502),
         }
@@ -204,6 +211,17 @@ impl Failure {
                     "Request body of {size} bytes is larger than the host's client body buffer, so the \
                      response hook cannot forward it; answering 413 (raise nginx_http_client_body_buffer_size)"
                 ),
+            ),
+            Failure::TooManyHeaders { visible } => (
+                Level::Error,
+                format!(
+                    "Request has {visible} or more headers, the most Kong's Wasm host shows a filter; \
+                     the policy provider could not see them all, so it is refused with 431"
+                ),
+            ),
+            Failure::BadClientCertificate { error } => (
+                Level::Error,
+                format!("Client certificate cannot be read: {error}; answering 400"),
             ),
             Failure::Host { what } => (Level::Error, format!("Host error: {what}")),
         }

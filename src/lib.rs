@@ -13,6 +13,7 @@ pub mod debug;
 pub mod decision;
 pub mod failure;
 pub mod json;
+pub mod local_reply;
 pub mod reply;
 pub mod request;
 pub mod response_hook;

@@ -8,6 +8,17 @@ use crate::json;
 pub const MAX_HEADERS: usize = 100;
 pub const MAX_ARGS: usize = 100;
 
+/// Kong's Wasm host hands a filter at most this many request header pairs,
+/// the 4 pseudo-headers included (`NGX_HTTP_WASM_MAX_REQ_HEADERS`), and drops
+/// the rest silently while nginx still proxies them.
+pub const HOST_MAX_HEADER_PAIRS: usize = 100;
+
+/// Whether a request header map read from the host may be missing headers: it
+/// is full, so the filter cannot tell 96 headers from more.
+pub fn header_map_may_be_truncated(pairs: usize) -> bool {
+    pairs >= HOST_MAX_HEADER_PAIRS
+}
+
 /// One request or response header: a lower-cased name and the raw value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {

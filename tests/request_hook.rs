@@ -130,24 +130,41 @@ fn case09_repeated_headers_one_object_per_value() {
     );
 }
 
-#[test]
-fn case10_headers_capped_at_100() {
-    let mut env = Env::new(allow_all, json!({}));
+/// `get("/")` plus `extra` headers `X-H<i>: v`.
+fn with_headers(extra: usize) -> ping_auth_harness::emulator::ClientRequest {
     let mut r = get("/");
-    for i in 0..120 {
+    for i in 0..extra {
         r.headers.push((format!("X-H{i}"), b"v".to_vec()));
     }
-    env.send(r);
+    r
+}
+
+#[test]
+fn case10_requests_with_more_headers_than_the_host_shows_are_refused() {
     // Kong's host hands a filter at most 100 header pairs, the 4 request
-    // pseudo-headers included (NGX_HTTP_WASM_MAX_REQ_HEADERS): 96 real ones
-    // reach the filter, fewer than Lua's 100.
-    let sent = payload_headers(&env.pdp.request_payloads()[0]);
-    assert_eq!(sent.len(), 96);
-    assert_eq!(
-        sent[3],
-        ("x-h0".to_string(), "v".to_string()),
-        "the first ones, in order"
-    );
+    // pseudo-headers included (NGX_HTTP_WASM_MAX_REQ_HEADERS), and drops the
+    // rest, which nginx still proxies. A full map may hide headers: 431, so
+    // the upstream never gets a header the policy provider did not see.
+    for hook in [false, true] {
+        let mut env = Env::new(allow_all, json!({"enable_response_hook": hook}));
+        for total in [96, 123] {
+            let resp = env.send(with_headers(total - 3));
+            assert_eq!(resp.status, 431, "{total} headers, hook {hook}");
+            assert!(resp.body.is_empty());
+        }
+        assert!(env.pdp.requests().is_empty(), "no sideband call");
+        assert!(env.upstream.requests().is_empty(), "no upstream call");
+        assert!(env.log_contains("96 or more headers"), "{:?}", env.logs());
+
+        // 95 headers: every one reaches the policy provider and the upstream.
+        let resp = env.send(with_headers(92));
+        assert_eq!(resp.status, 200, "hook {hook}");
+        let sent = payload_headers(&env.pdp.request_payloads()[0]);
+        assert_eq!(sent.len(), 95);
+        assert_eq!(sent[3], ("x-h0".to_string(), "v".to_string()), "in order");
+        let up = &env.upstream.requests()[0];
+        assert_eq!(req_header(up, "x-h91"), vec!["v"]);
+    }
 }
 
 #[test]
@@ -641,6 +658,81 @@ fn case29_deny_multi_valued_headers() {
     assert_eq!(resp.status, 302);
     assert_eq!(header_all(&resp, "set-cookie"), ["a=1", "b=2"]);
     assert_eq!(header(&resp, "location"), Some("/login"));
+}
+
+/// Headers nginx keeps in one slot each (`headers_out`): on Kong's host a
+/// remove-then-add drops them, so the filter must leave them as the local
+/// response set them.
+#[test]
+fn deny_builtin_headers_reach_the_client_with_their_values() {
+    let mut env = Env::new(
+        deny(json!({"response_code": "401", "headers": [
+            {"WWW-Authenticate": "Bearer realm=\"api\""},
+            {"Location": "/login"},
+            {"ETag": "\"v1\""},
+            {"Expires": "Thu, 01 Jan 1970 00:00:00 GMT"},
+            {"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"},
+            {"Date": "Wed, 21 Oct 2015 07:28:00 GMT"},
+            {"Content-Encoding": "identity"},
+            {"Cache-Control": "no-store"},
+            {"Cache-Control": "private"},
+            {"Set-Cookie": "a=1"},
+            {"Set-Cookie": "b=2"},
+        ], "body": "login first"})),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(resp.status, 401);
+    assert_eq!(resp.body, b"login first");
+    for (name, value) in [
+        ("www-authenticate", "Bearer realm=\"api\""),
+        ("location", "/login"),
+        ("etag", "\"v1\""),
+        ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("content-encoding", "identity"),
+    ] {
+        assert_eq!(
+            header_all(&resp, name),
+            [value],
+            "{name}: {:?}",
+            resp.headers
+        );
+    }
+    assert_eq!(header_all(&resp, "cache-control"), ["no-store", "private"]);
+    assert_eq!(header_all(&resp, "set-cookie"), ["a=1", "b=2"]);
+    assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
+}
+
+#[test]
+fn a_builtin_header_given_twice_is_sent_once_with_the_last_value_and_a_warning() {
+    let mut env = Env::new(
+        deny(json!({"response_code": "302", "headers": [
+            {"Location": "/first"},
+            {"Location": "/second"},
+            {"WWW-Authenticate": "Basic"},
+            {"WWW-Authenticate": "Bearer"},
+        ], "body": ""})),
+        json!({}),
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(resp.status, 302);
+    assert_eq!(header_all(&resp, "location"), ["/second"]);
+    assert_eq!(header_all(&resp, "www-authenticate"), ["Bearer"]);
+    let warned = |name: &str| {
+        env.emu.logs().iter().any(|l| {
+            l.level == ping_auth_harness::emulator::LogLevel::Warn
+                && l.message.contains(&format!("'{name}'"))
+                && l.message.contains("only once")
+        })
+    };
+    assert!(
+        warned("location") && warned("www-authenticate"),
+        "{:?}",
+        env.logs()
+    );
+    assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
 }
 
 #[test]

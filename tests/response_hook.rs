@@ -254,6 +254,46 @@ fn policy_body_is_byte_exact_with_multi_valued_headers() {
     }
 }
 
+/// The upstream's single-slot headers (`Date`, `Server`, `ETag`, a relative
+/// `Location`...) reach the client once, with their values, through the
+/// policy's reply.
+#[test]
+fn builtin_response_headers_of_the_policy_reply_reach_the_client_once() {
+    let mut env = Env::new(on_response(|_p, _r| {}), json!({}));
+    set_upstream(
+        &env,
+        200,
+        &[
+            ("Date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("Server", "upstream/1.0"),
+            ("ETag", "\"abc\""),
+            ("Location", "/next"),
+            ("Last-Modified", "Tue, 20 Oct 2015 07:28:00 GMT"),
+            ("Accept-Ranges", "bytes"),
+        ],
+        "body",
+    );
+    let resp = env.send(get("/"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"body");
+    for (name, value) in [
+        ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("etag", "\"abc\""),
+        ("location", "/next"),
+        ("last-modified", "Tue, 20 Oct 2015 07:28:00 GMT"),
+        ("accept-ranges", "bytes"),
+    ] {
+        assert_eq!(
+            header_all(&resp, name),
+            [value],
+            "{name}: {:?}",
+            resp.headers
+        );
+    }
+    assert_eq!(header_all(&resp, "server").len(), 1, "{:?}", resp.headers);
+    assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
+}
+
 #[test]
 fn upstream_failures_are_502_or_504() {
     let mut env = Env::new(allow_all, json!({"upstream_timeout_ms": 300}));

@@ -6,7 +6,7 @@
 
 use crate::failure::Level;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
 pub use proxy_wasm::types::MapType as Map;
 
@@ -125,6 +125,21 @@ pub fn add_header(map: MapType, name: &str, value: &str) {
             Level::Warn,
             &format!(
                 "the host refused another value for header '{name}' ({}); it keeps one value for this header",
+                status_name(status)
+            ),
+        );
+    }
+}
+
+/// Drops `size` bytes of the current response-body chunk from `start`
+/// (`set_http_response_body(start, size, "")`); a refusal is logged, not a
+/// trap (the SDK's setter `unwrap`s the status).
+pub fn set_response_body(start: usize, size: usize) {
+    if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, &[]) {
+        log(
+            Level::Error,
+            &format!(
+                "the host refused to change the response body ({})",
                 status_name(status)
             ),
         );

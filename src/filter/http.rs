@@ -20,6 +20,7 @@ use crate::debug;
 use crate::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::failure::{Call, Failure, Level};
 use crate::json;
+use crate::local_reply::{BodyCut, ChunkAction, HeaderFix, Plan};
 use crate::reply::{Members, Reply};
 use crate::request::{self, ClientRequest, Header, MAX_HEADERS};
 use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
@@ -65,8 +66,9 @@ pub struct Http {
     directives: Directives,
     target: Option<Target>,
     upstream_response: Option<UpstreamResponse>,
-    reply: Option<Reply>,
-    reply_body_written: bool,
+    /// How the local reply sent is delivered exactly.
+    plan: Option<Plan>,
+    body_cut: BodyCut,
     /// Where the body's JSON literal stands in `payload`.
     body_range: Option<std::ops::Range<usize>>,
     /// Size of a body the host could not hand over (spooled to a file).
@@ -88,8 +90,8 @@ impl Http {
             directives: Directives::default(),
             target: None,
             upstream_response: None,
-            reply: None,
-            reply_body_written: false,
+            plan: None,
+            body_cut: BodyCut::default(),
             unread_body_size: 0,
             body_range: None,
         }
@@ -114,30 +116,32 @@ impl Http {
         self.send(failure.reply());
     }
 
-    /// Sends a local response. The host keeps only the last value of a
-    /// repeated header and appends `\n` to a non-empty body; both are put right
-    /// in `on_http_response_headers` and `on_http_response_body`, which the
-    /// host runs for local responses too.
+    /// Sends a local response, delivered exactly per [`Plan`]: the header
+    /// and body fix-ups run in `on_http_response_headers` and
+    /// `on_http_response_body`, which the host runs for local responses too.
     fn send(&mut self, reply: Reply) {
         self.stage = Stage::Replied;
         self.token = None;
+        let plan = Plan::new(&reply);
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let body = if reply.body.is_empty() {
-            None
-        } else {
-            Some(reply.body.as_slice())
-        };
+        let body = reply.body.get(..plan.send_len).filter(|b| !b.is_empty());
         self.send_http_response(u32::from(reply.status), headers, body);
-        self.reply = Some(reply);
+        self.body_cut = BodyCut::new(&plan);
+        self.plan = Some(plan);
     }
 
     /// Reads what the host knows about the client request.
     fn read_request(&mut self) -> Result<bool, Failure> {
         let map = host::header_map(Map::HttpRequestHeaders);
+        if request::header_map_may_be_truncated(map.len()) {
+            return Err(Failure::TooManyHeaders {
+                visible: map.iter().filter(|(n, _)| !n.starts_with(':')).count(),
+            });
+        }
         let pseudo =
             |name: &str| host::find(&map, name).map(|v| String::from_utf8_lossy(v).into_owned());
         let method = pseudo(":method").unwrap_or_default();
@@ -191,10 +195,9 @@ impl Http {
             Some(pem) if !pem.is_empty() => match cert::client_certificate_json(&pem) {
                 Ok(json) => Some(json),
                 Err(e) => {
-                    host::log(Level::Error, &e.to_string());
-                    return Err(Failure::Host {
-                        what: "client certificate".into(),
-                    });
+                    return Err(Failure::BadClientCertificate {
+                        error: e.to_string(),
+                    })
                 }
             },
             _ => None,
@@ -687,9 +690,8 @@ impl HttpContext for Http {
         }
         let has_body = match self.read_request() {
             Ok(b) => b,
-            Err(_) => {
-                // A client certificate the filter cannot read: 400, as in Lua.
-                self.send(Reply::empty(400));
+            Err(f) => {
+                self.fail(f);
                 return Action::Pause;
             }
         };
@@ -738,29 +740,22 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.stage {
             Stage::Replied => {
-                // Header changes are free functions: borrowing the reply suffices.
-                let Some(reply) = &self.reply else {
+                // Header changes are free functions: borrowing the plan suffices.
+                let Some(plan) = &self.plan else {
                     return Action::Continue;
                 };
-                let mut done: Vec<&str> = Vec::new();
-                for (name, _) in &reply.headers {
-                    if done.contains(&name.as_str()) {
-                        continue;
-                    }
-                    done.push(name);
-                    host::set_header(Map::HttpResponseHeaders, name, None);
-                    for (_, v) in reply.headers.iter().filter(|(n, _)| n == name) {
-                        host::add_header(Map::HttpResponseHeaders, name, v);
+                for w in &plan.warnings {
+                    host::log(Level::Warn, w);
+                }
+                for fix in &plan.header_fixes {
+                    match fix {
+                        HeaderFix::Remove(n) => host::set_header(Map::HttpResponseHeaders, n, None),
+                        HeaderFix::Set(n, v) => {
+                            host::set_header(Map::HttpResponseHeaders, n, Some(v))
+                        }
+                        HeaderFix::Add(n, v) => host::add_header(Map::HttpResponseHeaders, n, v),
                     }
                 }
-                if reply.header("content-type").is_none() {
-                    host::set_header(Map::HttpResponseHeaders, "content-type", None);
-                }
-                host::set_header(
-                    Map::HttpResponseHeaders,
-                    "content-length",
-                    Some(&reply.body.len().to_string()),
-                );
                 Action::Continue
             }
             // Never saw the request: an earlier filter of the chain answered.
@@ -788,20 +783,29 @@ impl HttpContext for Http {
                 }
                 self.send(Reply::empty(502));
                 host::set_header(Map::HttpResponseHeaders, "content-length", Some("0"));
+                // The upstream's body still comes and must be dropped, which
+                // empties the host's buffers: safe only if nginx does not
+                // reuse this connection (see `local_reply`).
+                host::set_header(Map::HttpResponseHeaders, "connection", Some("close"));
+                self.body_cut = BodyCut::discard();
                 Action::Continue
             }
         }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.stage == Stage::Replied && body_size > 0 {
-            // The first chunk becomes the reply's exact body; later ones are emptied.
-            let body: &[u8] = match &self.reply {
-                Some(r) if !self.reply_body_written => &r.body,
-                _ => &[],
-            };
-            self.set_http_response_body(0, body_size, body);
-            self.reply_body_written = true;
+        if self.stage != Stage::Replied {
+            return Action::Continue;
+        }
+        match self.body_cut.on_chunk(body_size) {
+            ChunkAction::Keep => {}
+            ChunkAction::CutFrom(at) => host::set_response_body(at, body_size - at),
+            ChunkAction::Empty => host::set_response_body(0, body_size),
+            ChunkAction::CannotCut => host::log(
+                Level::Error,
+                "the host handed over the local reply's final newline as a chunk of its own; \
+                 it is left in place (cutting it would corrupt the worker's memory)",
+            ),
         }
         Action::Continue
     }
