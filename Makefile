@@ -4,7 +4,9 @@
 #   make test         lint + all tests (+ docker-compose file check)
 #   make lint         rustfmt, clippy (native and wasm32), generated schemas up to date
 #   make bench        benchmarks
-#   make demo         Docker demo (Kong 3.9.3); make demo-local: the same without Docker
+#   make demo         Docker demo (Kong 3.9.3), in the background: waits until Kong is ready,
+#                     prints the walkthrough; make demo-down stops it
+#   make demo-local   the same demo without Docker (kong-emu)
 #   make clean
 
 SHELL       := /bin/bash
@@ -16,7 +18,7 @@ TARGET  := wasm32-wasip1
 WASM    := target/$(TARGET)/release/ping_auth.wasm
 DEMO    := examples/docker-compose.yml
 
-.PHONY: build test lint bench demo demo-local clean
+.PHONY: build test lint bench demo demo-down demo-local clean
 
 build:
 	$(CARGO) build --release -p ping-auth --target $(TARGET)
@@ -53,10 +55,14 @@ lint:
 bench:
 	$(CARGO) run --release -p ping-auth-harness --bin bench
 
-# BuildKit (default in Compose v2; opted into here for docker-compose v1) reads
-# examples/Dockerfile.dockerignore, which keeps target/ out of the build context.
+# scripts/demo-docker.sh: docker-compose up -d --build (with BuildKit, so that
+# examples/Dockerfile.dockerignore keeps target/ out of the build context), then waits for
+# Kong's GET /status/ready before printing the walkthrough.
 demo: build
-	COMPOSE_DOCKER_CLI_BUILD=1 DOCKER_BUILDKIT=1 $(COMPOSE) -f $(DEMO) up --build
+	COMPOSE=$(COMPOSE) scripts/demo-docker.sh
+
+demo-down:
+	$(COMPOSE) -f $(DEMO) down
 
 demo-local: build
 	scripts/demo-local.sh

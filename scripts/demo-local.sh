@@ -94,13 +94,8 @@ start kong-emu "$BIN/kong-emu" --wasm "$WASM" --listen 127.0.0.1:8000 \
   --service http://127.0.0.1:9000 --route /echo --strip-path --config "$CONFIG"
 wait_for kong-emu "${PIDS[2]}" 8000
 
-STEPS=(
-  "Allowed: the policy adds x-user: demo; the response loses X-Powered-By|curl -si http://127.0.0.1:8000/echo/hello"
-  "Allowed with a body|curl -si http://127.0.0.1:8000/echo/orders -H 'content-type: application/json' -d '{\"item\":\"book\",\"qty\":2}'"
-  "Response redaction: the ssn is replaced by ***|curl -si http://127.0.0.1:8000/echo/json/person"
-  "Denied by the deny-admin rule|curl -si http://127.0.0.1:8000/echo/admin/users"
-  "Denied by the default decision (no rule matches /echo)|curl -si http://127.0.0.1:8000/echo"
-)
+# shellcheck source=scripts/walkthrough.sh
+. scripts/walkthrough.sh
 
 echo
 echo "ping_auth demo running: proxy http://127.0.0.1:8000 (route /echo)"
@@ -108,29 +103,11 @@ echo "  sideband-server http://127.0.0.1:9443 (policy examples/demo-policy.json)
 echo "  echo-upstream   http://127.0.0.1:9000"
 echo "  logs            $LOGS/{kong-emu,sideband-server,echo-upstream}.log"
 echo
-echo "Walkthrough (expected results in examples/README.md):"
-n=0
-for step in "${STEPS[@]}"; do
-  n=$((n + 1))
-  echo "  $n. ${step%%|*}"
-  echo "     ${step#*|}"
-done
+print_walkthrough
 
 if [ "$RUN" = 1 ]; then
-  if ! command -v curl >/dev/null; then
-    echo "curl not found: cannot run the walkthrough" >&2
-    exit 1
-  fi
-  n=0
-  for step in "${STEPS[@]}"; do
-    n=$((n + 1))
-    echo
-    echo "=== $n. ${step%%|*}"
-    echo "\$ ${step#*|}"
-    bash -c "${step#*|}" || echo "(curl exited with $?)"
-    echo
-  done
-  exit 0
+  run_walkthrough
+  exit $?
 fi
 
 echo

@@ -16,13 +16,17 @@
 //!     interpreter is installed (Debian: `apt-get install -y luajit`), unless
 //!     `REQUIRE_LUA=1`, which turns the skip into a failure (CI).
 //!
-//! It also checks that every `ping_auth` configuration in `kong/` and `examples/kong.yml`
-//! is accepted by both the parser and the JSON Schema.
+//! It also checks that every `ping_auth` configuration in `kong/` (files and the YAML blocks
+//! of `kong/migration.md`) and `examples/kong.yml` is accepted by both the parser and the
+//! JSON Schema and scoped where Kong accepts a filter plugin, and that every configuration of
+//! the Lua `ping-auth` plugin there has the Lua plugin's shape and is accepted unchanged by
+//! the filter. `tests/manifests.rs` checks the Kubernetes files.
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it only inside #[test]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ping_auth::config::{self, FieldKind, FIELDS, URL_PATTERN};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -309,61 +313,258 @@ fn kong_pcre_patterns_agree_with_the_parser() {
     }
 }
 
-/// The `ping_auth` configurations shipped in Kong and decK files: every entry named
-/// `ping_auth` (plugin or filter-chain filter) with a `config`.
-fn shipped_configs() -> Vec<(String, Value)> {
-    fn walk(v: &serde_yaml::Value, file: &str, out: &mut Vec<(String, Value)>) {
+/// The Lua plugin's name (the filter's is `ping_auth`).
+const LUA_PLUGIN: &str = "ping-auth";
+
+/// Kong and decK files, and the Markdown pages whose `yaml` blocks are configurations, with
+/// the number of `ping_auth` and `ping-auth` entries each holds.
+const SHIPPED: &[(&str, usize, usize)] = &[
+    ("kong/kong.plugins.yml", 2, 0),
+    ("kong/kong.filter-chains.yml", 2, 0),
+    ("kong/deck.plugins.yaml", 1, 0),
+    ("kong/deck.filter-chains.yaml", 1, 0),
+    ("kong/kong.side-by-side.yml", 1, 1),
+    ("kong/deck.side-by-side.yaml", 1, 1),
+    ("kong/migration.md", 2, 2),
+    ("examples/kong.yml", 1, 0),
+];
+
+/// One plugin (or filter-chain filter) entry with a `config`.
+struct Entry {
+    /// `file #n` (`file block k #n` for Markdown).
+    label: String,
+    /// `name` of the entry.
+    name: String,
+    config: Value,
+    /// Mapping keys from the document root to the entry (sequence indices left out), e.g.
+    /// `["services", "routes", "plugins"]`.
+    path: Vec<String>,
+    /// The entry's own keys other than `config`.
+    keys: Vec<String>,
+}
+
+/// The YAML documents of a shipped file: the file itself, or each ```` ```yaml ```` block of
+/// a Markdown page.
+fn documents(file: &str) -> Vec<(String, serde_yaml::Value)> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let mut docs = Vec::new();
+    if file.ends_with(".md") {
+        let mut block: Option<(String, Vec<String>)> = None;
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            match block.as_mut() {
+                None if trimmed == "```yaml" => block = Some((" ".repeat(indent), Vec::new())),
+                None => {}
+                Some(_) if trimmed == "```" => {
+                    let (_, lines) = block.take().unwrap();
+                    let label = format!("{file} block {}", docs.len() + 1);
+                    let doc = serde_yaml::from_str(&lines.join("\n"))
+                        .unwrap_or_else(|e| panic!("{label} is not YAML: {e}"));
+                    docs.push((label, doc));
+                }
+                Some((prefix, lines)) => lines.push(
+                    line.strip_prefix(prefix.as_str())
+                        .unwrap_or(line)
+                        .to_string(),
+                ),
+            }
+        }
+        assert!(block.is_none(), "{file}: unterminated yaml block");
+    } else {
+        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let doc = serde_yaml::Value::deserialize(de)
+                .unwrap_or_else(|e| panic!("{file}: document {} is not YAML: {e}", i + 1));
+            docs.push((file.to_string(), doc));
+        }
+    }
+    docs
+}
+
+/// Every entry named `ping_auth` or `ping-auth` with a `config` in a shipped file.
+fn entries(file: &str) -> Vec<Entry> {
+    fn walk(v: &serde_yaml::Value, doc: &str, path: &mut Vec<String>, out: &mut Vec<Entry>) {
         match v {
             serde_yaml::Value::Mapping(m) => {
-                let is_ping_auth = m.get("name").and_then(|n| n.as_str()) == Some("ping_auth");
-                if let (true, Some(config)) = (is_ping_auth, m.get("config")) {
-                    let json = serde_json::to_value(config).unwrap();
-                    out.push((format!("{file} #{}", out.len() + 1), json));
+                let name = m.get("name").and_then(|n| n.as_str());
+                if let (Some(name @ ("ping_auth" | LUA_PLUGIN)), Some(config)) =
+                    (name, m.get("config"))
+                {
+                    out.push(Entry {
+                        label: format!("{doc} #{}", out.len() + 1),
+                        name: name.to_string(),
+                        config: serde_json::to_value(config).unwrap(),
+                        path: path.clone(),
+                        keys: m
+                            .keys()
+                            .filter_map(|k| k.as_str())
+                            .filter(|k| *k != "config")
+                            .map(str::to_string)
+                            .collect(),
+                    });
                 }
-                for (_, child) in m {
-                    walk(child, file, out);
+                for (k, child) in m {
+                    path.push(k.as_str().unwrap_or_default().to_string());
+                    walk(child, doc, path, out);
+                    path.pop();
                 }
             }
-            serde_yaml::Value::Sequence(s) => s.iter().for_each(|c| walk(c, file, out)),
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|c| walk(c, doc, path, out)),
             _ => {}
         }
     }
-    let files = [
-        ("kong/kong.plugins.yml", 2),
-        ("kong/kong.filter-chains.yml", 2),
-        ("kong/deck.plugins.yaml", 1),
-        ("kong/deck.filter-chains.yaml", 1),
-        ("examples/kong.yml", 1),
-    ];
+    let mut out = Vec::new();
+    for (label, doc) in documents(file) {
+        walk(&doc, &label, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// All shipped entries, after checking each file's counts.
+fn shipped_entries() -> Vec<Entry> {
     let mut all = Vec::new();
-    for (file, expected) in files {
-        let text = std::fs::read_to_string(root().join(file)).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let mut found = Vec::new();
-        walk(&doc, file, &mut found);
+    for (file, filters, lua) in SHIPPED {
+        let found = entries(file);
+        let count = |n: &str| found.iter().filter(|e| e.name == n).count();
         assert_eq!(
-            found.len(),
-            expected,
-            "{file}: ping_auth configurations found"
+            (count("ping_auth"), count(LUA_PLUGIN)),
+            (*filters, *lua),
+            "{file}: (ping_auth, ping-auth) configurations found"
         );
         all.extend(found);
     }
     all
 }
 
+/// The `ping_auth` configurations shipped in Kong and decK files.
+fn shipped_configs() -> Vec<(String, Value)> {
+    shipped_entries()
+        .into_iter()
+        .filter(|e| e.name == "ping_auth")
+        .map(|e| (e.label, e.config))
+        .collect()
+}
+
+fn assert_filter_config_valid(name: &str, config: &Value) {
+    let validator = jsonschema::draft4::new(&config_schema()).unwrap();
+    let bytes = serde_json::to_vec(config).unwrap();
+    if let Err(e) = config::parse(&bytes) {
+        panic!("{name}: config::parse refuses it: {e}");
+    }
+    let errors: Vec<String> = validator
+        .iter_errors(config)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {}", errors.join("; "));
+}
+
 #[test]
 fn shipped_kong_configurations_are_valid() {
-    let validator = jsonschema::draft4::new(&config_schema()).unwrap();
     for (name, config) in shipped_configs() {
-        let bytes = serde_json::to_vec(&config).unwrap();
-        if let Err(e) = config::parse(&bytes) {
-            panic!("{name}: config::parse refuses it: {e}");
+        assert_filter_config_valid(&name, &config);
+    }
+}
+
+/// Where Kong accepts a Wasm filter plugin (Kong 3.9 `kong/runloop/wasm/plugins.lua`: one of
+/// `service` or `route`, no consumer): nested in a service or route, or top-level with a
+/// `service` or `route` key; never under consumers or consumer groups. Filter-chain filters
+/// are nested in a service's or route's `filter_chains`.
+#[test]
+fn shipped_filter_plugins_are_scoped_to_a_service_or_route() {
+    for e in shipped_entries().iter().filter(|e| e.name == "ping_auth") {
+        let under = |k: &str| e.path.iter().any(|p| p == k);
+        assert!(
+            !under("consumers")
+                && !under("consumer_groups")
+                && !e.keys.iter().any(|k| k == "consumer"),
+            "{}: a ping_auth plugin cannot be consumer-scoped",
+            e.label
+        );
+        let nested = under("services") || under("routes");
+        let top_level_scoped =
+            e.path == ["plugins"] && e.keys.iter().any(|k| k == "service" || k == "route");
+        assert!(
+            nested || top_level_scoped,
+            "{}: a ping_auth plugin must be scoped to a service or a route (path {:?})",
+            e.label,
+            e.path
+        );
+    }
+}
+
+/// The Lua plugin's configurations (side-by-side and migration files) follow the Lua
+/// `ping-auth` 1.2.0 schema as far as its shape goes: only its fields, the required ones
+/// present, strings non-empty, integers > 0 (`gt = 0`), booleans. And the migration's
+/// promise: the same config, unchanged, is accepted by the filter.
+#[test]
+fn shipped_lua_plugin_configurations_are_valid() {
+    fn lua_structure(config: &Value) -> Result<(), String> {
+        let obj = config.as_object().ok_or("config is not a mapping")?;
+        for (k, v) in obj {
+            let f = FIELDS
+                .iter()
+                .find(|f| f.lua == Some(k.as_str()))
+                .ok_or(format!("{k}: not a field of the Lua plugin"))?;
+            let ok = match f.kind {
+                FieldKind::String { .. } => v.as_str().is_some_and(|s| !s.is_empty()),
+                FieldKind::Integer { .. } => v.as_i64().is_some_and(|i| i > 0),
+                FieldKind::Boolean => v.is_boolean(),
+            };
+            if !ok {
+                return Err(format!("{k}: {v} is not a valid {:?}", f.kind));
+            }
         }
-        let errors: Vec<String> = validator
-            .iter_errors(&config)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(errors.is_empty(), "{name}: {}", errors.join("; "));
+        for f in FIELDS.iter().filter(|f| f.required) {
+            let lua = f
+                .lua
+                .ok_or(format!("{}: required but not a Lua field", f.name))?;
+            if obj.get(lua).is_none_or(Value::is_null) {
+                return Err(format!("{lua}: required"));
+            }
+        }
+        Ok(())
+    }
+    let lua: Vec<Entry> = shipped_entries()
+        .into_iter()
+        .filter(|e| e.name == LUA_PLUGIN)
+        .collect();
+    assert!(!lua.is_empty());
+    for e in &lua {
+        if let Err(err) = lua_structure(&e.config) {
+            panic!("{}: not a valid ping-auth config: {err}", e.label);
+        }
+        assert_filter_config_valid(&format!("{} (as ping_auth)", e.label), &e.config);
+    }
+}
+
+/// No route or service gets both plugins from one `plugins` list: each would call the
+/// policy provider.
+#[test]
+fn shipped_files_never_put_both_plugins_on_one_entity() {
+    fn walk(v: &serde_yaml::Value, doc: &str) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                if let Some(serde_yaml::Value::Sequence(plugins)) = m.get("plugins") {
+                    let names: Vec<&str> = plugins
+                        .iter()
+                        .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                        .collect();
+                    assert!(
+                        !(names.contains(&"ping_auth") && names.contains(&LUA_PLUGIN)),
+                        "{doc}: ping_auth and ping-auth on the same entity ({:?})",
+                        m.get("name")
+                    );
+                }
+                m.values().for_each(|c| walk(c, doc));
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|c| walk(c, doc)),
+            _ => {}
+        }
+    }
+    for (file, _, _) in SHIPPED {
+        for (label, doc) in documents(file) {
+            walk(&doc, &label);
+        }
     }
 }
 
