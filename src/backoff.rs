@@ -3,7 +3,7 @@
 //! The Lua plugin kept one circuit per nginx worker, shared by every route,
 //! reported the seconds *elapsed* instead of remaining, and broke every later
 //! request of the worker when a 429 came without a numeric `Retry-After`
-//! (ping-auth-behaviour.md §5.4). Here one [`Backoff`] belongs to one filter
+//! (docs/sideband-protocol.md#rate-limiting). Here one [`Backoff`] belongs to one filter
 //! configuration (one root context), `Retry-After` may be seconds or an HTTP
 //! date, a missing or unreadable one means 1 second, and the client is told
 //! the seconds remaining.

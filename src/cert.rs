@@ -1,4 +1,5 @@
-//! The `client_certificate` member of the sideband request (spec §2.6).
+//! The `client_certificate` member of the sideband request
+//! (docs/sideband-protocol.md#client-certificate).
 //!
 //! When the client authenticated with a TLS certificate, the Lua plugin sends the policy
 //! provider an object describing it: the certificate's public key as a JSON Web Key (the
@@ -60,7 +61,7 @@
 //! # Errors
 //!
 //! Each [`CertError`] variant corresponds to one of the three ERR messages of the Lua plugin;
-//! all three make the plugin answer **400** (spec §2.8).
+//! all three make the plugin answer **400** (docs/sideband-protocol.md#failure-table).
 //!
 //! # Known differences from the Lua plugin
 //!

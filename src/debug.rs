@@ -1,9 +1,9 @@
 //! Debug dumps of sideband exchanges (`enable_debug_logging`).
 //!
-//! Unlike the Lua plugin (ping-auth-behaviour.md §6.2), the shared-secret
-//! header's value is never printed, credential headers inside payloads are
-//! redacted wherever they appear (`headers` arrays, at any depth, so the
-//! `request` of a response call too), and bodies are cut to
+//! Unlike the Lua plugin (docs/sideband-protocol.md#differences-from-the-lua-plugin,
+//! D7), the shared-secret header's value is never printed, credential headers
+//! inside payloads are redacted wherever they appear (`headers` arrays, at any
+//! depth, so the `request` of a response call too), and bodies are cut to
 //! [`DEBUG_BODY_LIMIT`] bytes.
 
 use crate::json;

@@ -1,4 +1,4 @@
-//! Interpreting the `/sideband/request` reply (ping-auth-behaviour.md §3):
+//! Interpreting the `/sideband/request` reply (docs/sideband-protocol.md#decisions):
 //! a `response` object is a deny; otherwise the reply is the request to
 //! forward, and its differences from what was sent become [`Directives`].
 
@@ -235,7 +235,8 @@ fn allow(
 ) -> Result<Directives, Failure> {
     let mut d = Directives::default();
 
-    // Headers (§3.3.1): change, remove by omission, add; Accept-Encoding always removed.
+    // Headers (docs/sideband-protocol.md#header-changes): change, remove by omission,
+    // add; Accept-Encoding always removed.
     let new_headers = match member(members, "headers") {
         Some(h) => reply::flatten_headers(&h).map_err(malformed)?,
         None => {
@@ -300,7 +301,7 @@ fn allow(
     d.header_ops
         .push(HeaderOp::Remove("accept-encoding".into()));
 
-    // Method (§3.3.2).
+    // Method (docs/sideband-protocol.md#method-change).
     match member(members, "method") {
         Some(Value::String(m)) if m == sent.method => {}
         Some(Value::String(m)) if METHODS.contains(&m.as_str()) => {
@@ -325,7 +326,8 @@ fn allow(
         }
     }
 
-    // URL (§3.3.3): host/port → Host header, path, query; scheme only warned.
+    // URL (docs/sideband-protocol.md#url-change): host/port → Host header, path,
+    // query; scheme only warned.
     let sent_url = json::text(&sent.url()).into_owned();
     match member(members, "url") {
         Some(Value::String(u)) if u == sent_url => {}
@@ -372,7 +374,8 @@ fn allow(
         }
     }
 
-    // Body (§3.3.4): an echo keeps it; omission clears a non-empty body.
+    // Body (docs/sideband-protocol.md#body-change): an echo keeps it; omission clears
+    // a non-empty body.
     let echoed =
         matches!((members.get("body"), body_literal), (Some(raw), Some(lit)) if raw.get() == lit);
     let sent_body = sent.body.as_deref().map(json::text);
@@ -406,7 +409,8 @@ fn allow(
         (Some(other), _) => return Err(malformed(format!("'body' must be a string, got {other}"))),
     }
 
-    // Fields that cannot be changed: warn only (§3.3.5).
+    // Fields that cannot be changed: warn only
+    // (docs/sideband-protocol.md#fields-only-warned-about).
     let as_text = |v: Option<Value>| match v {
         Some(Value::String(s)) => s,
         Some(Value::Number(n)) => n.to_string(),

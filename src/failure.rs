@@ -2,10 +2,11 @@
 //! upstream call can fail, the response the client gets, and the log line.
 //!
 //! Fail closed: each variant ends in a deliberate client response; none lets
-//! the request through. Status codes follow the Lua plugin 1.2.0 except where
-//! it had a bug (ping-auth-behaviour.md §5 [REC]): an unreachable policy
-//! provider is 502 (Lua 1.1.0+ answered 500 by accident), malformed replies are
-//! 502 (Lua crashed into 500), and a 429 never breaks later requests.
+//! the request through (the table: docs/sideband-protocol.md#failure-table).
+//! Status codes follow the Lua plugin 1.2.0 except where it had a bug
+//! (docs/sideband-protocol.md#differences-from-the-lua-plugin): an unreachable
+//! policy provider is 502 (Lua 1.1.0+ answered 500 by accident), malformed
+//! replies are 502 (Lua crashed into 500), and a 429 never breaks later requests.
 
 use crate::reply::Reply;
 

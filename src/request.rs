@@ -1,5 +1,5 @@
 //! The client request as the policy provider sees it: the `/sideband/request`
-//! payload (ping-auth-behaviour.md §2.2–2.6).
+//! payload (docs/sideband-protocol.md#request-payload).
 
 use crate::json;
 

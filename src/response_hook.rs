@@ -1,6 +1,7 @@
-//! The response hook (ping-auth-behaviour.md §4), host-agnostic: from the
-//! upstream response and the request context to the `/sideband/response`
-//! payload, and from the policy's reply to the client response.
+//! The response hook (docs/sideband-protocol.md#response-hook), host-agnostic:
+//! from the upstream response and the request context to the
+//! `/sideband/response` payload, and from the policy's reply to the client
+//! response.
 //!
 //! On Kong's Wasm host the upstream response is obtained by the filter's own
 //! call (see `upstream`), but nothing here depends on how it was obtained, so
@@ -64,7 +65,8 @@ pub fn status_text(code: u16) -> &'static str {
     }
 }
 
-/// The JSON body of `POST /sideband/response` (§4.2). `method` is the method
+/// The JSON body of `POST /sideband/response`
+/// (docs/sideband-protocol.md#response-payload). `method` is the method
 /// after any policy change and `url` the client URL with the query after any
 /// policy change, as the Lua plugin reports them.
 pub fn payload(
@@ -117,7 +119,8 @@ fn malformed(what: impl Into<String>) -> Failure {
     }
 }
 
-/// The client response from a well-formed `/sideband/response` reply (§4.3):
+/// The client response from a well-formed `/sideband/response` reply
+/// (docs/sideband-protocol.md#response-reply):
 /// the policy's status, headers and body; upstream headers the policy did not
 /// list are dropped, except `date` and `vary`.
 pub fn client_response(members: &Members, upstream: &UpstreamResponse) -> Result<Reply, Failure> {

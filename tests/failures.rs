@@ -1,5 +1,6 @@
-//! Failure policy, end to end: ping-auth-behaviour.md §8.2 cases 31–40 with the
-//! [REC] fixes, and the transport failures the host reports without `:status`.
+//! Failure policy, end to end: docs/sideband-protocol.md#errors (with the fixes
+//! listed in docs/sideband-protocol.md#differences-from-the-lua-plugin), and the
+//! transport failures the host reports without `:status`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,7 +1,10 @@
-//! Ping's pdg-sideband-test-environment vectors (ping-auth-behaviour.md §8.3)
-//! through the filter: the rules live in `examples/pdg-vectors-policy.json`,
-//! served by the harness's policy server, with the filter in the Kong-like
-//! host emulator and an upstream playing the smart-hub API.
+//! Ping's pdg-sideband-test-environment vectors through the filter (the protocol
+//! they exercise: docs/sideband-protocol.md#decisions and
+//! docs/sideband-protocol.md#response-reply; the vectors are listed in
+//! docs/policy-server.md, "The example policies"): the rules live in
+//! `examples/pdg-vectors-policy.json`, served by the harness's policy server,
+//! with the filter in the Kong-like host emulator and an upstream playing the
+//! smart-hub API.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,6 +1,8 @@
-//! Request hook, end to end: ping-auth-behaviour.md §8.2 cases 5–30 and 50–52
-//! (with the [REC] fixes), through the built `.wasm` in the Kong-like host
-//! emulator against a scripted policy server and an echo upstream.
+//! Request hook, end to end: docs/sideband-protocol.md#request-payload and
+//! docs/sideband-protocol.md#decisions (with the fixes listed in
+//! docs/sideband-protocol.md#differences-from-the-lua-plugin), through the built
+//! `.wasm` in the Kong-like host emulator against a scripted policy server and
+//! an echo upstream.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

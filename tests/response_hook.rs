@@ -1,4 +1,4 @@
-//! Response hook, end to end (ping-auth-behaviour.md §4, §8.2 cases 41–49):
+//! Response hook, end to end (docs/sideband-protocol.md#response-hook):
 //! the filter calls the upstream itself, posts the response to
 //! `/sideband/response` and answers with the policy's version.
 #![allow(

@@ -70,7 +70,7 @@ fn sideband_response(server: &PolicyServer, body: &Value) -> ParsedResponse {
     post(server.addr(), "/sideband/response", body)
 }
 
-/// A request payload as ping-auth sends it (§2.2).
+/// A request payload as ping-auth sends it (docs/sideband-protocol.md#request-payload).
 fn request_payload(method: &str, url: &str, headers: Value, body: &str) -> Value {
     json!({
         "source_ip": "203.0.113.7",
@@ -92,7 +92,7 @@ fn simple_request(method: &str, path: &str) -> Value {
     )
 }
 
-/// A response payload as ping-auth sends it (§4.2).
+/// A response payload as ping-auth sends it (docs/sideband-protocol.md#response-payload).
 fn response_payload(method: &str, path: &str, code: &str, headers: Value, body: &str) -> Value {
     json!({
         "method": method,
