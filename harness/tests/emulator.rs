@@ -42,7 +42,8 @@ impl Seen {
 /// A small HTTP/1.1 server on 127.0.0.1 whose answers depend on the path:
 /// `/slow/<ms>` waits, `/chunked/<n>` sends n bytes chunked, `/big/<n>`
 /// sends n bytes with Content-Length, `/status/<code>`, `/hang` never
-/// answers, `/garbage` sends an invalid response; anything else answers 200
+/// answers, `/garbage` sends an invalid response, `/auth` answers 401 with
+/// `WWW-Authenticate` and a relative `Location`; anything else answers 200
 /// `ok` with `X-Upstream: 1`. Every request is recorded.
 struct TestServer {
     addr: SocketAddr,
@@ -176,6 +177,13 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
         }
+    } else if path.starts_with("/auth") {
+        reply(
+            &mut out,
+            401,
+            b"auth",
+            "WWW-Authenticate: Basic realm=\"a\"\r\nLocation: /relative\r\n",
+        );
     } else if path.starts_with("/garbage") {
         let _ = out.write_all(b"this is not http\r\n\r\n");
     } else if path.starts_with("/json") {
@@ -1221,6 +1229,693 @@ fn setting_response_headers_after_body_started_traps() {
     ));
 }
 
+// -------------------------------------------- builtin response headers
+
+/// The error lines the host itself wrote.
+fn host_errors(emu: &Emulator) -> Vec<String> {
+    emu.logs()
+        .iter()
+        .filter(|l| !l.from_filter && l.level == LogLevel::Error)
+        .map(|l| l.message.clone())
+        .collect()
+}
+
+#[test]
+fn removed_builtin_header_keeps_its_slot_so_adding_it_again_fails() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:401|denied|www-authenticate=Bearer",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:www-authenticate;add-resp-header:WWW-Authenticate=Bearer realm=x;\
+                 remove-resp-header:date;add-resp-header:Date=Thu, 01 Jan 2026 00:00:00 GMT",
+            ),
+    );
+    assert_eq!(resp.status, 401);
+    // The remove only blanked the slot's entry: the add is refused, and the
+    // header is gone from the reply.
+    assert_eq!(resp.header("www-authenticate"), None, "{:?}", resp.headers);
+    assert_eq!(resp.header("date"), None, "{:?}", resp.headers);
+    let errors = host_errors(&emu);
+    assert!(
+        errors.contains(&"cannot add new \"WWW-Authenticate\" builtin response header".to_string()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&"cannot add new \"Date\" builtin response header".to_string()),
+        "{errors:?}"
+    );
+    // The filter cannot tell: the host answers Ok.
+    assert!(has_line(&emu, "resp-header add WWW-Authenticate -> Ok(())"));
+    assert!(has_line(&emu, "resp-header add Date -> Ok(())"));
+
+    // The same on a proxied response (Date comes from the host there).
+    let resp = emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-resp-headers",
+            "remove-resp-header:Date;add-resp-header:Date=Thu, 01 Jan 2026 00:00:00 GMT",
+        ),
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("date"), None, "{:?}", resp.headers);
+}
+
+/// Names of the reply's header lines, in order.
+fn names(resp: &ClientResponse) -> Vec<&str> {
+    resp.headers.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn set_after_remove_revives_a_builtin_header() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:401|denied|www-authenticate=Bearer,x-after=1",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
+                 remove-resp-header:date;set-resp-header:date=Thu, 01 Jan 2026 00:00:00 GMT",
+            ),
+    );
+    assert_eq!(resp.header_all("www-authenticate"), vec!["Basic"]);
+    assert_eq!(
+        resp.header_all("date"),
+        vec!["Thu, 01 Jan 2026 00:00:00 GMT"]
+    );
+    // The slot's own entry comes back, in its place, with the table's
+    // spelling of the name.
+    let names = names(&resp);
+    let auth = names.iter().position(|n| *n == "WWW-Authenticate");
+    let after = names.iter().position(|n| *n == "x-after");
+    assert!(
+        auth.is_some() && auth < after,
+        "revived in place: {names:?}"
+    );
+    assert!(host_errors(&emu).is_empty(), "{:?}", host_errors(&emu));
+    // The slot lives on: a second value still cannot be added.
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:401|denied|www-authenticate=Bearer",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
+                 add-resp-header:www-authenticate=Digest",
+            ),
+    );
+    assert_eq!(resp.header_all("www-authenticate"), vec!["Basic"]);
+}
+
+#[test]
+fn second_value_of_a_builtin_header_cannot_be_added() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", "local:200|x|etag=\"a\"")
+            .header(
+                "x-probe-resp-headers",
+                "add-resp-header:etag=\"b\";add-resp-header:server=other",
+            ),
+    );
+    assert_eq!(resp.header_all("etag"), vec!["\"a\""]);
+    assert_eq!(resp.header_all("server"), vec!["kong/3.9.3"]);
+    // Names of the host's table are written with the table's spelling.
+    assert!(
+        resp.headers.iter().any(|(n, _)| n == "ETag"),
+        "{:?}",
+        resp.headers
+    );
+    let errors = host_errors(&emu);
+    assert!(
+        errors.contains(&"cannot add new \"ETag\" builtin response header".to_string()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(&"cannot add new \"Server\" builtin response header".to_string()),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn relative_location_has_no_slot_so_remove_then_add_sends_it_twice() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", "local:302|moved|location=/next")
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:location;add-resp-header:location=/next",
+            ),
+    );
+    assert_eq!(resp.status, 302);
+    assert_eq!(resp.header_all("location"), vec!["/next", "/next"]);
+    assert!(host_errors(&emu).is_empty());
+
+    // set_http_response_headers removes the list through the slots: the
+    // relative Location survives it.
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", "local:302|moved|location=/next")
+            .header("x-probe-resp-headers", "set-resp-headers:x-a=1"),
+    );
+    assert_eq!(resp.header_all("location"), vec!["/next"]);
+    assert_eq!(resp.header("x-a").as_deref(), Some("1"));
+
+    // An absolute Location keeps its slot like the other builtins.
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:302|moved|location=https://x.example/next",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:location;add-resp-header:location=https://x.example/next",
+            ),
+    );
+    assert_eq!(resp.header("location"), None);
+    assert!(has_line(
+        &emu,
+        "cannot add new \"Location\" builtin response header"
+    ));
+}
+
+#[test]
+fn proxied_builtin_headers_follow_the_upstream_modules_slots() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // nginx copies an upstream WWW-Authenticate without a slot and keeps a
+    // relative Location out of its slot: a remove does nothing, an add
+    // appends.
+    let resp = emu.send(
+        chain,
+        get("/auth").header(
+            "x-probe-resp-headers",
+            "remove-resp-header:www-authenticate;add-resp-header:www-authenticate=Bearer;\
+             remove-resp-header:location",
+        ),
+    );
+    assert_eq!(resp.status, 401);
+    assert_eq!(
+        resp.header_all("www-authenticate"),
+        vec!["Basic realm=\"a\"", "Bearer"]
+    );
+    assert_eq!(resp.header_all("location"), vec!["/relative"]);
+    assert!(host_errors(&emu).is_empty());
+}
+
+#[test]
+fn ordinary_header_remove_then_add_works() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // The same steps on an ordinary header and on a builtin one.
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:200|x|x-foo=1,content-encoding=identity",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:x-foo;add-resp-header:X-Foo=2;\
+                 remove-resp-header:content-encoding;add-resp-header:content-encoding=gzip",
+            ),
+    );
+    assert_eq!(resp.header_all("x-foo"), vec!["2"]);
+    assert!(names(&resp).contains(&"X-Foo"), "the filter's spelling");
+    assert!(resp.header_all("content-encoding").is_empty());
+    assert_eq!(
+        host_errors(&emu),
+        vec!["cannot add new \"Content-Encoding\" builtin response header".to_string()]
+    );
+}
+
+#[test]
+fn cache_control_takes_two_values() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header("x-probe-req-headers", "local:200|x|cache-control=private")
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:cache-control;add-resp-header:cache-control=no-cache;\
+                 add-resp-header:cache-control=no-store",
+            ),
+    );
+    assert_eq!(
+        resp.header_all("cache-control"),
+        vec!["no-cache", "no-store"]
+    );
+    // A name of the host's table: written with the table's spelling.
+    assert_eq!(
+        names(&resp)
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case("cache-control"))
+            .collect::<Vec<_>>(),
+        vec![&"Cache-Control", &"Cache-Control"]
+    );
+    assert!(host_errors(&emu).is_empty());
+}
+
+#[test]
+fn content_length_and_last_modified_can_be_added_after_a_remove() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // Their handlers null the slot on remove (ngx_http_clear_content_length,
+    // ngx_http_clear_last_modified).
+    let resp = emu.send(
+        chain,
+        get("/a")
+            .header(
+                "x-probe-req-headers",
+                "local:200|abc|last-modified=Wed, 01 Jan 2025 00:00:00 GMT",
+            )
+            .header(
+                "x-probe-resp-headers",
+                "remove-resp-header:content-length;add-resp-header:content-length=4;\
+                 remove-resp-header:last-modified;add-resp-header:last-modified=Thu, 02 Jan 2025 00:00:00 GMT;\
+                 add-resp-header:content-length=4",
+            ),
+    );
+    assert_eq!(resp.header_all("content-length"), vec!["4"]);
+    assert_eq!(
+        resp.header_all("last-modified"),
+        vec!["Thu, 02 Jan 2025 00:00:00 GMT"]
+    );
+    assert_eq!(resp.text(), "abc\n");
+    assert_eq!(resp.framing_error, None);
+    let names = names(&resp);
+    assert!(
+        names.contains(&"Content-Length") && names.contains(&"Last-Modified"),
+        "the table's spelling: {names:?}"
+    );
+    assert_eq!(
+        host_errors(&emu),
+        vec!["cannot add new \"Content-Length\" builtin response header".to_string()]
+    );
+}
+
+#[test]
+fn set_of_a_header_with_two_values_removes_both() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // ngx_http_wasm_set_header_helper blanks the second match, scans again
+    // and blanks the one it had just updated.
+    let resp = emu.send(
+        chain,
+        get("/json").header("x-probe-resp-headers", "set-resp-header:X-Multi=c"),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp.header_all("x-multi").is_empty(), "{:?}", resp.headers);
+    let resp = emu.send(
+        chain,
+        get("/json").header(
+            "x-probe-resp-headers",
+            "set-resp-header:X-Multi=c;set-resp-header:X-Multi=d",
+        ),
+    );
+    assert_eq!(resp.header_all("x-multi"), vec!["d"]);
+}
+
+// ------------------------------------------- request headers and proxying
+
+/// The values of `name` the upstream received, in order.
+fn sent_values(seen: &Seen, name: &str) -> Vec<String> {
+    seen.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The header lines the upstream received, without the probe's commands.
+fn sent_lines(seen: &Seen) -> Vec<String> {
+    seen.headers
+        .iter()
+        .filter(|(n, _)| !n.to_ascii_lowercase().starts_with("x-probe-"))
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect()
+}
+
+/// Kong and plain nginx: both proxy with nginx's proxy module.
+fn both_modes(server: &TestServer) -> Vec<(Emulator, ChainId)> {
+    let plain = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    vec![kong(server), setup(plain, server, "")]
+}
+
+#[test]
+fn removed_request_header_is_gone_from_the_map_but_still_proxied() {
+    let server = TestServer::start();
+    for (i, (mut emu, chain)) in both_modes(&server).into_iter().enumerate() {
+        let resp = emu.send(
+            chain,
+            get("/a").header("X-M", "0").header(
+                "x-probe-req-headers",
+                "remove-req-header:X-M;dump-req-headers;get-req-header:x-m",
+            ),
+        );
+        assert_eq!(resp.status, 200);
+        // The filter's map skips the blanked entry ...
+        let dump = lines_with(&emu, "req-headers :path")[0].clone();
+        assert!(!dump.to_ascii_lowercase().contains("| x-m:"), "{dump}");
+        assert!(has_line(&emu, "req-header remove X-M -> Ok(())"));
+        // ... its single-value lookup does not (ngx_wasm_get_list_elem) ...
+        assert!(
+            has_line(&emu, "req-header get x-m = 0"),
+            "{:?}",
+            filter_lines(&emu)
+        );
+        // ... and nginx's proxy module sends it with its old value.
+        let seen = &server.seen()[i];
+        assert_eq!(sent_values(seen, "x-m"), vec!["0"], "{:?}", seen.headers);
+    }
+}
+
+#[test]
+fn removed_then_added_request_header_proxies_old_and_new_values() {
+    // Seen on a real build, from on_http_request_headers and from
+    // on_http_call_response.
+    let server = TestServer::start();
+    let change = "remove-req-header:X-M;add-req-header:x-m=1;add-req-header:x-m=2;dump-req-headers";
+    let dispatch = format!("dispatch:{}|/json|1000;pause", server.target());
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a")
+            .header("X-M", "0")
+            .header("x-probe-req-headers", change),
+    );
+    emu.send(
+        chain,
+        get("/b")
+            .header("X-M", "0")
+            .header("x-probe-req-headers", &dispatch)
+            .header("x-probe-call-response", change),
+    );
+    let seen = server.seen();
+    let proxied: Vec<&Seen> = seen.iter().filter(|s| !s.line.contains("/json")).collect();
+    assert_eq!(proxied.len(), 2);
+    for s in proxied {
+        let lines: Vec<String> = sent_lines(s)
+            .into_iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-m:"))
+            .collect();
+        assert_eq!(lines, vec!["X-M: 0", "x-m: 1", "x-m: 2"], "{:?}", s.headers);
+    }
+    // The filter sees only its own values.
+    for dump in lines_with(&emu, "req-headers :path") {
+        assert!(dump.ends_with("x-m: 1 | x-m: 2"), "{dump}");
+        assert!(!dump.contains("X-M: 0"), "{dump}");
+    }
+    // The plain nginx proxy does the same.
+    let plain = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    let (mut emu, chain) = setup(plain, &server, "");
+    emu.send(
+        chain,
+        get("/c")
+            .header("X-M", "0")
+            .header("x-probe-req-headers", change),
+    );
+    let s = server.seen().last().unwrap().clone();
+    assert_eq!(
+        sent_values(&s, "x-m"),
+        vec!["0", "1", "2"],
+        "{:?}",
+        s.headers
+    );
+}
+
+#[test]
+fn removed_builtin_request_header_cannot_be_added_again_and_its_old_value_is_proxied() {
+    // Seen on a real build (Authorization, User-Agent).
+    let server = TestServer::start();
+    for (i, (mut emu, chain)) in both_modes(&server).into_iter().enumerate() {
+        emu.send(
+            chain,
+            get("/a")
+                .header("Authorization", "Bearer old")
+                .header("User-Agent", "old-agent")
+                .header(
+                    "x-probe-req-headers",
+                    "remove-req-header:Authorization;add-req-header:Authorization=Bearer new;\
+                     remove-req-header:user-agent;add-req-header:User-Agent=new-agent;\
+                     dump-req-headers",
+                ),
+        );
+        let errors = host_errors(&emu);
+        for name in ["Authorization", "User-Agent"] {
+            assert!(
+                errors.contains(&format!("cannot add new \"{name}\" builtin request header")),
+                "{errors:?}"
+            );
+            // The filter gets Ok all the same.
+            assert!(has_line(&emu, &format!("req-header add {name} -> Ok(())")));
+        }
+        let dump = lines_with(&emu, "req-headers :path")[0].clone();
+        assert!(!dump.contains("| Authorization:"), "{dump}");
+        assert!(!dump.contains("| User-Agent:"), "{dump}");
+        let seen = &server.seen()[i];
+        assert_eq!(sent_values(seen, "authorization"), vec!["Bearer old"]);
+        assert_eq!(sent_values(seen, "user-agent"), vec!["old-agent"]);
+    }
+}
+
+#[test]
+fn set_of_a_builtin_request_header_replaces_the_client_value_in_place() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    for cmd in [
+        "set-req-header:authorization=Bearer new",
+        // A set after a remove revives the blanked entry, still in place.
+        "remove-req-header:Authorization;set-req-header:authorization=Bearer new",
+    ] {
+        emu.send(
+            chain,
+            get("/a")
+                .header("Authorization", "Bearer old")
+                .header("X-After", "1")
+                .header("x-probe-req-headers", cmd),
+        );
+    }
+    for seen in server.seen() {
+        let lines = sent_lines(&seen);
+        let auth = lines.iter().position(|l| l.starts_with("Authorization"));
+        let after = lines.iter().position(|l| l == "X-After: 1");
+        // The table's spelling, only the new value, before X-After.
+        assert_eq!(sent_values(&seen, "authorization"), vec!["Bearer new"]);
+        assert!(
+            lines.contains(&"Authorization: Bearer new".to_string()),
+            "{lines:?}"
+        );
+        assert!(auth < after, "{lines:?}");
+    }
+    assert!(host_errors(&emu).is_empty(), "{:?}", host_errors(&emu));
+}
+
+#[test]
+fn set_of_a_request_header_sent_once_replaces_it_but_not_after_a_remove() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a")
+            .header("X-M", "0")
+            .header("X-After", "1")
+            .header("x-probe-req-headers", "set-req-header:x-m=1"),
+    );
+    let seen = &server.seen()[0];
+    let lines = sent_lines(seen);
+    assert_eq!(sent_values(seen, "x-m"), vec!["1"]);
+    // Updated in place, with the filter's spelling.
+    let at = lines.iter().position(|l| l == "x-m: 1");
+    assert!(at.is_some() && at < lines.iter().position(|l| l == "X-After: 1"));
+    // After a remove, the set finds no live entry and appends one: the
+    // upstream gets the blanked old value and the new one.
+    emu.send(
+        chain,
+        get("/a").header("X-M", "0").header(
+            "x-probe-req-headers",
+            "remove-req-header:X-M;set-req-header:x-m=1;dump-req-headers",
+        ),
+    );
+    let seen = &server.seen()[1];
+    assert_eq!(
+        sent_values(seen, "x-m"),
+        vec!["0", "1"],
+        "{:?}",
+        seen.headers
+    );
+    let dump = lines_with(&emu, "req-headers :path")[0].clone();
+    assert!(dump.ends_with("x-m: 1"), "{dump}");
+}
+
+#[test]
+fn set_of_a_request_header_sent_twice_blanks_both_and_both_are_proxied() {
+    // ngx_http_wasm_set_header_helper updates the first entry, blanks the
+    // second, scans again and blanks the first too. Both stay in the list,
+    // the first with the new value, the second with its old one.
+    let server = TestServer::start();
+    for (i, (mut emu, chain)) in both_modes(&server).into_iter().enumerate() {
+        emu.send(
+            chain,
+            get("/a").header("X-M", "a").header("X-M", "b").header(
+                "x-probe-req-headers",
+                "set-req-header:x-m=c;dump-req-headers;get-req-header:x-m",
+            ),
+        );
+        let dump = lines_with(&emu, "req-headers :path")[0].clone();
+        assert!(!dump.to_ascii_lowercase().contains("| x-m:"), "{dump}");
+        assert!(
+            has_line(&emu, "req-header get x-m = c"),
+            "{:?}",
+            filter_lines(&emu)
+        );
+        let seen = &server.seen()[i];
+        let lines: Vec<String> = sent_lines(seen)
+            .into_iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-m:"))
+            .collect();
+        assert_eq!(lines, vec!["x-m: c", "X-M: b"], "{:?}", seen.headers);
+    }
+}
+
+#[test]
+fn set_of_a_request_header_to_an_empty_value_proxies_it_empty() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a")
+            .header("X-M", "0")
+            .header("User-Agent", "agent")
+            .header("X-After", "1")
+            .header(
+                "x-probe-req-headers",
+                "set-req-header:X-M=;set-req-header:X-New=;\
+                 remove-req-header:User-Agent;set-req-header:User-Agent=;dump-req-headers",
+            ),
+    );
+    let seen = &server.seen()[0];
+    assert_eq!(sent_values(seen, "x-m"), vec![""], "{:?}", seen.headers);
+    assert_eq!(sent_values(seen, "x-new"), vec![""], "{:?}", seen.headers);
+    // The revived User-Agent slot keeps its place.
+    let lines = sent_lines(seen);
+    let ua = lines.iter().position(|l| l.starts_with("User-Agent:"));
+    assert!(
+        ua.is_some() && ua < lines.iter().position(|l| l == "X-After: 1"),
+        "{lines:?}"
+    );
+    assert_eq!(sent_values(seen, "user-agent"), vec![""]);
+    let dump = lines_with(&emu, "req-headers :path")[0].clone();
+    assert!(dump.contains("X-M: "), "{dump}");
+}
+
+#[test]
+fn set_request_headers_blanks_every_old_header_and_they_are_still_proxied() {
+    // ngx_http_wasm_clear_req_headers removes each header through the
+    // handlers before the new map is set.
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    emu.send(
+        chain,
+        get("/a")
+            .header("X-M", "0")
+            .header("Authorization", "Bearer old")
+            .header(
+                "x-probe-req-headers",
+                "set-req-headers:x-n=1,authorization=Bearer new;dump-req-headers",
+            ),
+    );
+    assert!(has_line(&emu, "req-headers set -> Ok(())"));
+    let dump = lines_with(&emu, "req-headers :path")[0].clone();
+    assert!(
+        dump.ends_with(":authority: kong:8000 | Authorization: Bearer new | x-n: 1"),
+        "{dump}"
+    );
+    let seen = &server.seen()[0];
+    assert_eq!(sent_values(seen, "x-m"), vec!["0"], "{:?}", seen.headers);
+    assert_eq!(sent_values(seen, "authorization"), vec!["Bearer new"]);
+    assert_eq!(sent_values(seen, "x-n"), vec!["1"]);
+}
+
+#[test]
+fn removed_response_header_is_still_found_by_a_single_lookup() {
+    // ngx_wasm_get_list_elem, behind get_http_response_header, does not
+    // skip blanked entries; the map and the client do.
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header(
+            "x-probe-resp-headers",
+            "remove-resp-header:X-Upstream;get-resp-header:x-upstream;dump-resp-headers",
+        ),
+    );
+    assert_eq!(resp.header("x-upstream"), None, "{:?}", resp.headers);
+    assert!(
+        has_line(&emu, "resp-header get x-upstream = 1"),
+        "{:?}",
+        filter_lines(&emu)
+    );
+    let dump = lines_with(&emu, "resp-headers :status")[0].clone();
+    assert!(!dump.contains("X-Upstream"), "{dump}");
+}
+
+#[test]
+fn connection_response_header_values_are_matched_like_the_host() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-resp-headers", "set-resp-header:Connection=close"),
+    );
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    // The host compares the value's length, not the word's: a token that
+    // does not end the value is not seen.
+    let resp = emu.send(
+        chain,
+        get("/a").header("Connection", "close").header(
+            "x-probe-resp-headers",
+            "set-resp-header:Connection=keep-alive, x",
+        ),
+    );
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    assert!(has_line(
+        &emu,
+        "attempt to set invalid Connection response header: \"keep-alive, x\""
+    ));
+}
+
 // ----------------------------------------------------------- properties
 
 fn props(emu: &Emulator) -> Vec<String> {
@@ -1907,4 +2602,245 @@ fn http2_and_http10_clients() {
     let resp = emu.send(chain, req);
     assert_eq!(resp.header("connection").as_deref(), Some("close"));
     assert!(has_line(&emu, "property request.protocol = HTTP/1.0"));
+}
+
+// ------------------------------------------------------------ host faults
+
+/// A request on client connection `id` (successive requests with the same
+/// id are keep-alive requests on one connection).
+fn on(mut req: ClientRequest, id: u64) -> ClientRequest {
+    req.connection = Some(id);
+    req
+}
+
+/// A local reply whose body `set_http_response_body(0, ...)` replaces: the
+/// host's buffer is emptied (Content-Length removed so the new length is
+/// framed).
+fn replaced_local_reply() -> ClientRequest {
+    get("/a")
+        .header("x-probe-req-headers", "local:200|hello")
+        .header("x-probe-resp-headers", "remove-resp-header:content-length")
+        .header("x-probe-resp-body", "set-resp-body:0|3|bye")
+}
+
+fn dispatching(server: &TestServer) -> ClientRequest {
+    let cmd = format!("dispatch:{}|/second|1000;pause", server.target());
+    get("/b").header("x-probe-req-headers", &cmd)
+}
+
+fn crit_lines(emu: &Emulator) -> Vec<String> {
+    emu.logs()
+        .iter()
+        .filter(|l| l.level == LogLevel::Critical)
+        .map(|l| l.message.clone())
+        .collect()
+}
+
+/// Asserts that a request completed normally (no host fault).
+fn assert_answered(resp: &ClientResponse, status: u16) {
+    assert_eq!(resp.host_fault, None, "the worker crashed");
+    assert_eq!(resp.status, status, "{resp:?}");
+}
+
+#[test]
+fn emptying_the_local_reply_buffer_crashes_the_worker_at_the_next_dispatch_of_the_connection() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let first = emu.send(chain, on(replaced_local_reply(), 1));
+    assert_answered(&first, 200);
+    assert_eq!(first.text(), "bye");
+    assert_eq!(emu.stats().host_faults, 0, "nothing happens yet");
+
+    // A request of another client, in flight when the worker dies.
+    let slow = format!("dispatch:{}|/slow/300|2000;pause", server.target());
+    let other = emu.start(chain, on(get("/c").header("x-probe-req-headers", &slow), 2));
+    let instances = emu.stats().instances_created;
+
+    let second = emu.send(chain, on(dispatching(&server), 1));
+    assert_eq!(second.status, 0);
+    let fault = second.host_fault.clone().expect("a host fault");
+    assert!(fault.contains("exited on signal 11"), "{fault}");
+    assert!(fault.contains("dispatch_http_call"), "{fault}");
+    assert!(
+        fault.contains("set_http_response_body emptying the local response's body buffer"),
+        "{fault}"
+    );
+    assert_eq!(crit_lines(&emu), vec![fault.clone()]);
+    assert_eq!(emu.stats().host_faults, 1);
+    assert!(
+        !server.seen().iter().any(|s| s.line.contains("/second")),
+        "the crashing dispatch never went out"
+    );
+
+    // Every request of the worker is lost.
+    let lost = emu.finish(other);
+    assert_eq!(lost.status, 0);
+    assert_eq!(lost.host_fault.as_deref(), Some(fault.as_str()));
+    assert!(!has_line(&emu, "step call-response"));
+
+    // A new worker: a fresh instance, configured again; the connection is
+    // a new one.
+    let after = emu.send(chain, on(dispatching(&server), 1));
+    assert_answered(&after, 200);
+    assert_eq!(emu.stats().instances_created, instances + 1);
+    assert_eq!(lines_with(&emu, "configure root=").len(), 2);
+    assert_eq!(emu.stats().host_faults, 1);
+}
+
+#[test]
+fn trimming_only_the_appended_byte_leaves_the_connection_safe() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // "hello" + the host's "\n": cut from offset 5, inside the one buffer.
+    let first = emu.send(
+        chain,
+        on(
+            get("/a")
+                .header("x-probe-req-headers", "local:200|hello")
+                .header("x-probe-resp-headers", "remove-resp-header:content-length")
+                .header("x-probe-resp-body", "set-resp-body:5|1|"),
+            1,
+        ),
+    );
+    assert_answered(&first, 200);
+    assert_eq!(first.text(), "hello");
+    let second = emu.send(chain, on(dispatching(&server), 1));
+    assert_answered(&second, 200);
+    assert_eq!(emu.stats().host_faults, 0);
+    assert!(crit_lines(&emu).is_empty());
+}
+
+#[test]
+fn emptying_a_host_buffer_is_harmless_when_the_connection_closes() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // The client closes the connection after the response.
+    let first = emu.send(
+        chain,
+        on(replaced_local_reply().header("Connection", "close"), 1),
+    );
+    assert_answered(&first, 200);
+    assert_eq!(first.header("connection").as_deref(), Some("close"));
+    assert_answered(&emu.send(chain, on(dispatching(&server), 1)), 200);
+
+    // The filter closes it (r->keepalive = 0).
+    let first = emu.send(
+        chain,
+        on(
+            get("/a")
+                .header("x-probe-req-headers", "local:200|hello")
+                .header(
+                    "x-probe-resp-headers",
+                    "remove-resp-header:content-length;set-resp-header:Connection=close",
+                )
+                .header("x-probe-resp-body", "set-resp-body:0|3|bye"),
+            2,
+        ),
+    );
+    assert_eq!(first.header("connection").as_deref(), Some("close"));
+    assert_answered(&emu.send(chain, on(dispatching(&server), 2)), 200);
+
+    // HTTP/1.0 without keep-alive.
+    let mut old = replaced_local_reply();
+    old.version = HttpVersion::Http10;
+    assert_answered(&emu.send(chain, on(old, 3)), 200);
+    assert_answered(&emu.send(chain, on(dispatching(&server), 3)), 200);
+    assert_eq!(emu.stats().host_faults, 0);
+}
+
+#[test]
+fn emptying_a_host_buffer_is_harmless_without_a_shared_connection() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    assert_answered(&emu.send(chain, replaced_local_reply()), 200);
+    assert_answered(&emu.send(chain, dispatching(&server)), 200);
+    // Another connection is not affected either.
+    assert_answered(&emu.send(chain, on(replaced_local_reply(), 1)), 200);
+    assert_answered(&emu.send(chain, on(dispatching(&server), 2)), 200);
+    assert_eq!(emu.stats().host_faults, 0);
+}
+
+#[test]
+fn emptying_a_proxied_body_buffer_crashes_at_the_next_body_replacement_of_the_connection() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    // The upstream's buffer emptied from offset 0.
+    let first = emu.send(
+        chain,
+        on(
+            get("/a")
+                .header("x-probe-resp-headers", "remove-resp-header:content-length")
+                .header("x-probe-resp-body-1", "set-resp-body:0|2|no"),
+            1,
+        ),
+    );
+    assert_answered(&first, 200);
+    assert_eq!(first.text(), "no");
+    // A body replacement takes a chain link from the connection pool too,
+    // even a harmless trim.
+    let second = emu.send(
+        chain,
+        on(
+            get("/a")
+                .header("x-probe-req-headers", "local:200|hello")
+                .header("x-probe-resp-headers", "remove-resp-header:content-length")
+                .header("x-probe-resp-body", "set-resp-body:5|1|"),
+            1,
+        ),
+    );
+    assert_eq!(second.status, 0);
+    let fault = second.host_fault.expect("a host fault");
+    assert!(
+        fault.contains("set_http_response_body reused a chain link"),
+        "{fault}"
+    );
+    assert!(fault.contains("an upstream response buffer"), "{fault}");
+}
+
+#[test]
+fn http2_streams_share_the_connection_pool() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let mut first = replaced_local_reply();
+    first.version = HttpVersion::Http2;
+    first
+        .headers
+        .retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+    assert_answered(&emu.send(chain, on(first, 7)), 200);
+    let mut second = dispatching(&server);
+    second.version = HttpVersion::Http2;
+    let second = emu.send(chain, on(second, 7));
+    assert!(second.host_fault.is_some(), "{second:?}");
+}
+
+#[test]
+fn removing_connection_or_a_pseudo_header_crashes_the_worker() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-resp-headers", "remove-resp-header:Connection"),
+    );
+    assert_eq!(resp.status, 0);
+    let fault = resp.host_fault.expect("a host fault");
+    assert!(
+        fault.contains("ngx_http_wasm_set_connection_header_handler"),
+        "{fault}"
+    );
+    assert!(!has_line(&emu, "resp-header remove Connection"));
+    assert_eq!(emu.stats().host_faults, 1);
+    assert_eq!(emu.stats().traps, 0, "not a trap of the filter");
+    assert_answered(&emu.send(chain, get("/a")), 200);
+
+    // The setters of :path, :method and :status read the NULL value too.
+    for (step, cmd) in [
+        ("x-probe-req-headers", "remove-req-header::path"),
+        ("x-probe-req-headers", "remove-req-header::method"),
+        ("x-probe-resp-headers", "remove-resp-header::status"),
+    ] {
+        let resp = emu.send(chain, get("/a").header(step, cmd));
+        let fault = resp.host_fault.expect(cmd);
+        assert!(fault.contains("pseudo-header"), "{fault}");
+    }
+    assert_eq!(emu.stats().host_faults, 4);
 }

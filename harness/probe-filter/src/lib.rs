@@ -24,6 +24,14 @@
 //!   (one line, `name: value` pairs joined by ` | `) and the call response body.
 //! - `add-resp-header:<n>=<v>`, `set-resp-header:<n>=<v>`, `remove-resp-header:<n>`,
 //!   `set-req-header:<n>=<v>`, `add-req-header:<n>=<v>`, `remove-req-header:<n>`.
+//!   They log `resp-header <add|set|remove> <n> -> <result>` (or
+//!   `req-header ...`): the status the host returned; they never panic.
+//! - `get-req-header:<n>`, `get-resp-header:<n>`: `get_http_request_header` /
+//!   `get_http_response_header`, log `req-header get <n> = <value>` /
+//!   `resp-header get <n> = <value>` (`<none>` when not found).
+//! - `set-resp-headers:<n>=<v>,<n>=<v>`, `set-req-headers:<n>=<v>,...`:
+//!   `set_http_response_headers` / `set_http_request_headers` (the whole
+//!   map), log `resp-headers set -> <result>` / `req-headers set -> <result>`.
 //! - `read-body[:<start>|<max>]`: logs `req-body len=<n> data=<text>` or `req-body none`.
 //! - `read-resp-body`: logs `resp-body-data <text>`.
 //! - `set-req-body:<start>|<size>|<value>`, `set-resp-body:<start>|<size>|<value>`.
@@ -215,22 +223,60 @@ impl Probe {
             }
             "add-resp-header" => {
                 let (n, v) = arg.split_once('=').unwrap_or((arg, ""));
-                self.add_http_response_header(n, v);
+                let result = hostcalls::add_map_value(MapType::HttpResponseHeaders, n, v);
+                log(&format!("resp-header add {n} -> {result:?}"));
             }
             "set-resp-header" => {
                 let (n, v) = arg.split_once('=').unwrap_or((arg, ""));
-                self.set_http_response_header(n, Some(v));
+                let result = hostcalls::set_map_value(MapType::HttpResponseHeaders, n, Some(v));
+                log(&format!("resp-header set {n} -> {result:?}"));
             }
-            "remove-resp-header" => self.set_http_response_header(arg, None),
+            "remove-resp-header" => {
+                let result = hostcalls::set_map_value(MapType::HttpResponseHeaders, arg, None);
+                log(&format!("resp-header remove {arg} -> {result:?}"));
+            }
+            "set-resp-headers" => {
+                let pairs: Vec<(&str, &str)> =
+                    arg.split(',').filter_map(|kv| kv.split_once('=')).collect();
+                let result = hostcalls::set_map(MapType::HttpResponseHeaders, pairs);
+                log(&format!("resp-headers set -> {result:?}"));
+            }
             "add-req-header" => {
                 let (n, v) = arg.split_once('=').unwrap_or((arg, ""));
-                self.add_http_request_header(n, v);
+                let result = hostcalls::add_map_value(MapType::HttpRequestHeaders, n, v);
+                log(&format!("req-header add {n} -> {result:?}"));
             }
             "set-req-header" => {
                 let (n, v) = arg.split_once('=').unwrap_or((arg, ""));
-                self.set_http_request_header(n, Some(v));
+                let result = hostcalls::set_map_value(MapType::HttpRequestHeaders, n, Some(v));
+                log(&format!("req-header set {n} -> {result:?}"));
             }
-            "remove-req-header" => self.set_http_request_header(arg, None),
+            "remove-req-header" => {
+                let result = hostcalls::set_map_value(MapType::HttpRequestHeaders, arg, None);
+                log(&format!("req-header remove {arg} -> {result:?}"));
+            }
+            "get-req-header" => {
+                let value = match hostcalls::get_map_value(MapType::HttpRequestHeaders, arg) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => "<none>".to_string(),
+                    Err(status) => format!("<err {}>", status as u32),
+                };
+                log(&format!("req-header get {arg} = {value}"));
+            }
+            "get-resp-header" => {
+                let value = match hostcalls::get_map_value(MapType::HttpResponseHeaders, arg) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => "<none>".to_string(),
+                    Err(status) => format!("<err {}>", status as u32),
+                };
+                log(&format!("resp-header get {arg} = {value}"));
+            }
+            "set-req-headers" => {
+                let pairs: Vec<(&str, &str)> =
+                    arg.split(',').filter_map(|kv| kv.split_once('=')).collect();
+                let result = hostcalls::set_map(MapType::HttpRequestHeaders, pairs);
+                log(&format!("req-headers set -> {result:?}"));
+            }
             "read-body" => {
                 let mut it = arg.splitn(2, '|');
                 let start = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);

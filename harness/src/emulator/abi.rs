@@ -7,6 +7,8 @@
 //! with one parameter, as the Rust SDK declares it) fails to instantiate,
 //! as it fails to load in Kong.
 
+use super::builtins;
+use super::faults::{self, Crashed};
 use super::headers::{escape_name, escape_value, marshal, unmarshal};
 use super::maps::{self, MapOp, MapType};
 use super::net::{self, DispatchRequest};
@@ -179,6 +181,12 @@ fn trap(caller: &mut C<'_>, msg: impl Into<String>) -> anyhow::Error {
 
 fn bad_usage(caller: &mut C<'_>, msg: &str) -> anyhow::Error {
     trap(caller, format!("host trap (bad usage): {msg}"))
+}
+
+/// The host function crashed the worker: the guest call is aborted (the
+/// worker is gone; see `faults.rs`).
+fn crashed(_: Crashed) -> anyhow::Error {
+    anyhow!("the worker process crashed (emulated host fault)")
 }
 
 /// Reads a guest slice or traps like the host does.
@@ -363,22 +371,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
             if !check_set(&mut c, map)? {
                 return Ok(BAD_ARGUMENT);
             }
-            // Every header of the list is removed (Content-Type is not part of
-            // nginx's list and stays).
+            // Every header of the list is removed one by one through the
+            // host's handlers (Content-Type is not part of nginx's response
+            // list and stays); removed request headers stay in the list,
+            // blanked, and are still proxied.
+            let mut notes = Vec::new();
             if let Some(stream) = c.data_mut().cur_stream_mut() {
                 match map {
-                    MapType::Request => stream.req.headers.clear(),
+                    MapType::Request => notes = builtins::clear_request_headers(stream),
                     MapType::Response => {
-                        if stream.resp.headers.contains(b"Content-Length") {
-                            stream.resp.content_length_n = -1;
-                        }
-                        stream.resp.headers.clear();
+                        notes.extend(builtins::clear_response_headers(&mut stream.resp));
                     }
                     _ => {}
                 }
             }
+            maps::apply_notes(c.data_mut(), notes).map_err(crashed)?;
             for (k, v) in pairs {
-                maps::set(c.data_mut(), map, &k, &v, MapOp::Set);
+                maps::set(c.data_mut(), map, &k, &v, MapOp::Set).map_err(crashed)?;
             }
             Ok(OK)
         },
@@ -399,7 +408,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
                 if !check_set(&mut c, map)? {
                     return Ok(BAD_ARGUMENT);
                 }
-                maps::set(c.data_mut(), map, &key, &value, op);
+                maps::set(c.data_mut(), map, &key, &value, op).map_err(crashed)?;
                 Ok(OK)
             },
         )?;
@@ -415,7 +424,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
             if !check_set(&mut c, map)? {
                 return Ok(BAD_ARGUMENT);
             }
-            maps::set(c.data_mut(), map, &key, b"", MapOp::Remove);
+            maps::set(c.data_mut(), map, &key, b"", MapOp::Remove).map_err(crashed)?;
             Ok(OK)
         },
     )?;
@@ -926,23 +935,32 @@ fn set_buffer(
                     "can only set request body during \"on_request_body\"",
                 ));
             }
+            if c.data()
+                .cur_stream()
+                .is_none_or(|s| s.entered_header_filter)
+            {
+                return Ok(INTERNAL_FAILURE);
+            }
+            faults::take_connection_link(c.data_mut(), "set_http_request_body").map_err(crashed)?;
             let Some(stream) = c.data_mut().cur_stream_mut() else {
                 return Ok(INTERNAL_FAILURE);
             };
-            if stream.entered_header_filter {
-                return Ok(INTERNAL_FAILURE);
-            }
             let current = if stream.req.spooled && !stream.req.body_replaced {
                 Vec::new()
             } else {
                 std::mem::take(&mut stream.req.body)
             };
             stream.req.body = if prepend {
+                faults::chain_prepend(&mut stream.req.body_bufs, value.len());
                 let mut b = value.clone();
                 b.extend_from_slice(&current);
                 b
             } else {
-                splice(&current, offset, &value, max)
+                let b = splice(&current, offset, &value, max);
+                let added = b.len() - offset.min(current.len());
+                let freed = faults::chain_append(&mut stream.req.body_bufs, offset, added);
+                faults::freed_host_buffers(stream, "set_http_request_body", &freed);
+                b
             };
             stream.req.body_replaced = true;
             stream.req.spooled = false;
@@ -956,6 +974,15 @@ fn set_buffer(
                 ));
             }
             let mut warn = false;
+            if prepend
+                && c.data()
+                    .cur_stream()
+                    .is_some_and(|s| s.resp_chunk.is_none())
+            {
+                return Ok(INTERNAL_FAILURE);
+            }
+            faults::take_connection_link(c.data_mut(), "set_http_response_body")
+                .map_err(crashed)?;
             {
                 let Some(stream) = c.data_mut().cur_stream_mut() else {
                     return Ok(INTERNAL_FAILURE);
@@ -964,13 +991,19 @@ fn set_buffer(
                     let Some(chunk) = stream.resp_chunk.as_mut() else {
                         return Ok(INTERNAL_FAILURE);
                     };
+                    faults::chain_prepend(&mut chunk.bufs, value.len());
                     let mut b = value.clone();
                     b.extend_from_slice(&chunk.data);
                     chunk.data = b;
                 } else {
                     let chunk = stream.resp_chunk.get_or_insert_with(Chunk::default);
-                    chunk.data = splice(&chunk.data, offset, &value, max);
-                    if chunk.data.is_empty() && !chunk.last {
+                    let data = splice(&chunk.data, offset, &value, max);
+                    let added = data.len() - offset.min(chunk.data.len());
+                    let freed = faults::chain_append(&mut chunk.bufs, offset, added);
+                    chunk.data = data;
+                    let empty = chunk.data.is_empty() && !chunk.last;
+                    faults::freed_host_buffers(stream, "set_http_response_body", &freed);
+                    if empty {
                         stream.resp_chunk = None;
                     }
                 }
@@ -1054,7 +1087,8 @@ fn send_local_response(
                 data.push(b'\n');
             }
             let last = data.is_empty();
-            s.resp_chunk = Some(Chunk { data, last });
+            // ngx_http_wasm_set_resp_body into a chunk of the module's own.
+            s.resp_chunk = Some(Chunk::module(data, last));
             s.resp.status = u16::try_from(status).unwrap_or(500);
             s.resp.reason = (!reason.is_empty()).then_some(reason);
             s.resp_chunk_override = true;
@@ -1249,6 +1283,8 @@ fn dispatch_http_call(
         Ok(hp) => hp,
         Err(e) => return Err(dispatch_failed(c, &format!("tcp socket - {e}"))),
     };
+    // The call's buffers come from the client connection's pool.
+    faults::take_connection_link(c.data_mut(), "dispatch_http_call").map_err(crashed)?;
     let authority = authority
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| target.clone());

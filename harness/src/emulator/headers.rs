@@ -1,13 +1,24 @@
 //! Header lists with nginx semantics, and the proxy-wasm map wire format.
 //!
 //! nginx keeps headers in a list where a removed header stays in place with
-//! its hash cleared; ngx_wasm_module's "set" updates the first header with
-//! that name (taking the new name's spelling) and clears the others, "add"
-//! appends, "remove" clears every match. Names and values given by a filter
-//! are percent-escaped the way the host escapes them (control characters in
-//! values, separators in names), so a filter cannot inject CR/LF.
+//! its hash cleared. Who looks at that hash differs: the map a filter gets
+//! (`ngx_proxy_wasm_pairs_marshal`) and nginx's variables skip such an
+//! entry, but a filter's single-value lookup (`ngx_wasm_get_list_elem`)
+//! and nginx's proxy module (`ngx_http_proxy_create_request`) do not, so a
+//! removed request header is still found by name and still sent upstream.
+//! [`HeaderList::iter`] is the hash-checking view, [`HeaderList::iter_all`]
+//! and [`HeaderList::find_any`] the other one.
+//!
+//! Besides the list, nginx keeps "slots": pointers from `headers_in` /
+//! `headers_out` (`authorization`, `server`, `date`, ...) to one entry of
+//! the list. A [`HeaderList`] records those pointers too
+//! ([`HeaderList::slot`]); the rules that use them are in `builtins.rs`.
+//! Names and values given by a filter are percent-escaped the way the host
+//! escapes them (control characters in values, separators in names), so a
+//! filter cannot inject CR/LF.
 
-/// One header line. `active == false` is a header the filter removed.
+/// One header line. `active == false` is a blanked entry (nginx's hash 0):
+/// removed for the filter's map, still in the list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub name: Vec<u8>,
@@ -20,6 +31,10 @@ pub(crate) struct Header {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HeaderList {
     entries: Vec<Header>,
+    /// nginx's slot pointers into the list (`headers_out.server`, ...): the
+    /// slot's name and the index of the entry it points to. Entries are
+    /// never taken out of `entries`, so indexes stay valid.
+    slots: Vec<(&'static str, usize)>,
 }
 
 impl HeaderList {
@@ -27,13 +42,60 @@ impl HeaderList {
         Self::default()
     }
 
-    /// Appends without escaping (headers received from the network).
-    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) {
+    /// Appends without escaping (headers received from the network); returns
+    /// the new entry's index.
+    pub fn push_raw(&mut self, name: &[u8], value: &[u8]) -> usize {
         self.entries.push(Header {
             name: name.to_vec(),
             value: value.to_vec(),
             active: true,
         });
+        self.entries.len() - 1
+    }
+
+    /// The entry a slot points to (`None`: a null pointer in nginx).
+    pub fn slot(&self, slot: &'static str) -> Option<usize> {
+        self.slots.iter().find(|(s, _)| *s == slot).map(|(_, i)| *i)
+    }
+
+    /// Points a slot at an entry, or nulls it.
+    pub fn set_slot(&mut self, slot: &'static str, entry: Option<usize>) {
+        self.slots.retain(|(s, _)| *s != slot);
+        if let Some(i) = entry {
+            self.slots.push((slot, i));
+        }
+    }
+
+    /// One entry, removed or not.
+    pub fn entry(&self, index: usize) -> Option<&Header> {
+        self.entries.get(index)
+    }
+
+    /// Gives an entry a name and value and makes it active again (nginx sets
+    /// its hash).
+    pub fn revive(&mut self, index: usize, name: &[u8], value: &[u8]) {
+        if let Some(h) = self.entries.get_mut(index) {
+            h.name = name.to_vec();
+            h.value = value.to_vec();
+            h.active = true;
+        }
+    }
+
+    /// Blanks an entry (nginx clears its hash); it stays in place.
+    pub fn blank(&mut self, index: usize) {
+        if let Some(h) = self.entries.get_mut(index) {
+            h.active = false;
+        }
+    }
+
+    /// Index of the first active entry named `name` at or after `from`.
+    pub fn find_from(&self, from: usize, name: &[u8]) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, h)| h.active && h.name.eq_ignore_ascii_case(name))
+            .map(|(i, _)| i)
     }
 
     /// The active headers, in order.
@@ -42,6 +104,24 @@ impl HeaderList {
             .iter()
             .filter(|h| h.active)
             .map(|h| (h.name.as_slice(), h.value.as_slice()))
+    }
+
+    /// Every entry in list order, blanked ones included: what nginx's proxy
+    /// module walks when it copies the request headers.
+    pub fn iter_all(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .map(|h| (h.name.as_slice(), h.value.as_slice()))
+    }
+
+    /// The value of the first entry named `name`, blanked or not
+    /// (`ngx_wasm_get_list_elem`, the host's single-value lookup, does not
+    /// look at the hash).
+    pub fn find_any(&self, name: &[u8]) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
     }
 
     pub fn len(&self) -> usize {
@@ -69,8 +149,10 @@ impl HeaderList {
         self.get(name).is_some()
     }
 
-    /// "Set": the first header named `name` takes the new name and value, the
-    /// other ones are removed; appends when there is none.
+    /// "Set" as Kong's Lua code does it (`ngx.header`): the first header named
+    /// `name` takes the new name and value, the other ones are removed;
+    /// appends when there is none. (A filter's "set" follows the Wasm host's
+    /// own rules, in `builtins.rs`.)
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         let mut found = false;
         for h in self.entries.iter_mut() {
@@ -101,41 +183,9 @@ impl HeaderList {
                 h.name = name.to_vec();
                 h.value = value.to_vec();
             }
-            None => self.push_raw(name, value),
-        }
-    }
-
-    /// "Add": always appends.
-    pub fn add(&mut self, name: &[u8], value: &[u8]) {
-        self.push_raw(name, value);
-    }
-
-    /// Removes every header named `name`; returns whether one existed.
-    pub fn remove(&mut self, name: &[u8]) -> bool {
-        let mut found = false;
-        for h in self.entries.iter_mut() {
-            if h.active && h.name.eq_ignore_ascii_case(name) {
-                h.active = false;
-                found = true;
+            None => {
+                self.push_raw(name, value);
             }
-        }
-        found
-    }
-
-    /// Removes only the first header named `name` (builtin headers).
-    pub fn remove_first(&mut self, name: &[u8]) {
-        if let Some(h) = self
-            .entries
-            .iter_mut()
-            .find(|h| h.active && h.name.eq_ignore_ascii_case(name))
-        {
-            h.active = false;
-        }
-    }
-
-    pub fn clear(&mut self) {
-        for h in self.entries.iter_mut() {
-            h.active = false;
         }
     }
 }

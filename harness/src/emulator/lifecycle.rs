@@ -10,6 +10,8 @@
 //! [`Host::access`] / [`Host::content`] / [`Host::send_response`] /
 //! [`Host::body_filter`] stand for nginx's phases and filters.
 
+use super::builtins;
+use super::faults::{self, Buf, BufTag};
 use super::headers::HeaderList;
 use super::kong;
 use super::maps::{self, MapOp};
@@ -100,6 +102,7 @@ impl Host {
             started: Instant::now(),
             memory: None,
             malloc: None,
+            faults: faults::Faults::default(),
         };
         let vm = Vm::new(wasm, ctx)?;
         Ok(Self {
@@ -252,6 +255,7 @@ impl Host {
         let stream = self.new_stream(sid, chain.0, req);
         self.ctx_mut().streams.insert(sid, stream);
         self.begin(sid);
+        faults::reap(self.ctx_mut());
         StreamId(sid)
     }
 
@@ -276,6 +280,7 @@ impl Host {
             }
             _ => {}
         }
+        builtins::slot_client_request_headers(&mut headers);
         let has_body_framing = headers.contains(b"content-length")
             || headers.contains(b"transfer-encoding")
             || (req.version == HttpVersion::Http2 && !req.body.is_empty());
@@ -310,6 +315,7 @@ impl Host {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ sid.wrapping_mul(0x9e37_79b9);
         let spooled = req.body.len() > self.ctx().opts.client_body_buffer_size;
+        let connection = req.connection;
         Stream {
             id: sid,
             chain,
@@ -325,6 +331,8 @@ impl Host {
                 has_body_framing,
                 spooled,
                 body_replaced: false,
+                body_bufs: Vec::new(),
+                keepalive,
                 client_addr: req.client_addr,
                 tls: req.tls,
                 server_port: req.server_port,
@@ -378,6 +386,8 @@ impl Host {
             upstream_job: 0,
             client_headers: Vec::new(),
             outcome: None,
+            connection,
+            freed_host_link: None,
         }
     }
 
@@ -642,6 +652,14 @@ impl Host {
             } else {
                 s.req_body_received = true;
                 s.pw.req_body_len = s.req.body.len();
+                if !s.req.body_replaced && !s.req.spooled {
+                    // Read into memory by nginx (a spooled body is a file
+                    // buffer, never empty for the chain code).
+                    s.req.body_bufs = vec![Buf {
+                        len: s.req.body.len(),
+                        tag: BufTag::Host(faults::REQUEST_BODY),
+                    }];
+                }
                 true
             }
         } else {
@@ -1056,7 +1074,7 @@ impl Host {
     /// Sends the stashed local response (`ngx_http_wasm_flush_local_response`).
     fn flush_local(&mut self, sid: u64) {
         let kong = self.ctx().opts.kong;
-        let mut errors = Vec::new();
+        let mut notes = Vec::new();
         let body = {
             let Some(s) = self.stream_mut(sid) else {
                 return;
@@ -1069,9 +1087,7 @@ impl Host {
             s.resp.status = local.status;
             s.resp.reason = local.reason;
             for (k, v) in &local.headers {
-                if let Err(e) = maps::set_response_header(&mut s.resp, k, v, MapOp::Set) {
-                    errors.push(e);
-                }
+                notes.extend(builtins::set_response_header(&mut s.resp, k, v, MapOp::Set));
             }
             let len = local.body.as_ref().map_or(0, Vec::len);
             if len > 0 && s.resp.content_type.is_none() {
@@ -1079,7 +1095,7 @@ impl Host {
             }
             let len_i = i64::try_from(len).unwrap_or(i64::MAX);
             if !(s.resp.content_length_n >= 0 && s.resp.content_length_n == len_i) {
-                let _ = maps::set_response_header(
+                let _ = builtins::set_response_header(
                     &mut s.resp,
                     b"Content-Length",
                     len.to_string().as_bytes(),
@@ -1088,18 +1104,23 @@ impl Host {
             }
             local.body
         };
-        for e in errors {
-            self.log(LogLevel::Error, 0, e);
+        if maps::apply_notes(self.ctx_mut(), notes).is_err() {
+            return;
         }
-        let chunk = Chunk {
-            data: body.unwrap_or_default(),
-            last: true,
+        // One buffer for a body (the host appended its `\n`); without one,
+        // nginx's empty last buffer.
+        let chunk = match body {
+            Some(data) => Chunk::host(data, true, faults::LOCAL_BODY),
+            None => Chunk::host(Vec::new(), true, faults::LAST_BUF),
         };
         self.send_response(sid, vec![chunk]);
     }
 
     /// Proxies the request to the service (Kong) or the upstream (nginx).
     fn proxy(&mut self, sid: u64) {
+        if self.ctx().faults.crashed() {
+            return;
+        }
         let kong = self.ctx().opts.kong;
         let Some(s) = self.stream(sid) else {
             return;
@@ -1348,7 +1369,7 @@ impl Host {
             if lower == "content-type" {
                 s.resp.content_type = Some(value.to_vec());
             } else {
-                s.resp.headers.push_raw(name, value);
+                builtins::copy_upstream_header(&mut s.resp.headers, name, value);
             }
         }
         s.resp.content_length_n = match resp.content_length {
@@ -1358,15 +1379,9 @@ impl Host {
         let mut chunks: Vec<Chunk> = resp
             .body
             .chunks(chunk_size)
-            .map(|c| Chunk {
-                data: c.to_vec(),
-                last: false,
-            })
+            .map(|c| Chunk::host(c.to_vec(), false, faults::UPSTREAM_BUF))
             .collect();
-        chunks.push(Chunk {
-            data: Vec::new(),
-            last: true,
-        });
+        chunks.push(Chunk::host(Vec::new(), true, faults::LAST_BUF));
         self.send_response(sid, chunks);
     }
 
@@ -1387,9 +1402,7 @@ impl Host {
             None => format!("1.1 {server}"),
         };
         s.resp.headers.set(b"Via", via.as_bytes());
-        if !s.resp.headers.contains(b"server") {
-            s.resp.headers.push_raw(b"Server", server.as_bytes());
-        }
+        builtins::kong_server_header(&mut s.resp, server.as_bytes());
         let rid = s.kong_request_id.clone();
         s.resp.headers.set(b"X-Kong-Request-Id", rid.as_bytes());
     }
@@ -1412,14 +1425,8 @@ impl Host {
         if let Some(c) = s.upstream_cancel.take() {
             c.store(true, Ordering::SeqCst);
         }
-        // ngx_http_wasm_produce_resp_headers
-        if !s.resp.headers.contains(b"server") {
-            s.resp.headers.set_first(b"Server", b"nginx/1.27.1");
-        }
-        if !s.resp.headers.contains(b"date") {
-            let date = httpdate::fmt_http_date(SystemTime::now());
-            s.resp.headers.set_first(b"Date", date.as_bytes());
-        }
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        builtins::produce_default_headers(&mut s.resp, b"nginx/1.27.1", date.as_bytes());
         let _ = self.pw_resume(sid, Phase::HeaderFilter, Step::RespHeaders);
         let Some(s) = self.stream_mut(sid) else {
             return;
@@ -1473,7 +1480,8 @@ impl Host {
             let data = s.resp_bufs.as_mut().map(std::mem::take).unwrap_or_default();
             // Keep the marker that buffering already happened.
             s.resp_bufs = Some(Vec::new());
-            self.body_filter_resume(sid, Chunk { data, last });
+            let bufs = buffered_chain(data.len(), cap, &chunk);
+            self.body_filter_resume(sid, Chunk { data, last, bufs });
         }
         let Some(s) = self.stream_mut(sid) else {
             return;
@@ -1510,6 +1518,7 @@ impl Host {
     fn done(&mut self, sid: u64) {
         let _ = self.pw_resume(sid, Phase::Done, Step::Done);
         self.cancel_calls(sid);
+        faults::request_freed(self.ctx_mut(), sid);
         let Some(s) = self.stream_mut(sid) else {
             return;
         };
@@ -1625,13 +1634,7 @@ impl Host {
         s.resp.content_type = Some(b"text/html".to_vec());
         s.resp.content_length_n = i64::try_from(page.len()).unwrap_or(-1);
         if filters && !s.pw.execs.is_empty() {
-            self.send_response(
-                sid,
-                vec![Chunk {
-                    data: page,
-                    last: true,
-                }],
-            );
+            self.send_response(sid, vec![Chunk::host(page, true, faults::ERROR_PAGE)]);
         } else {
             s.resp.headers.set_first(b"Server", b"nginx/1.27.1");
             let date = httpdate::fmt_http_date(SystemTime::now());
@@ -1646,7 +1649,15 @@ impl Host {
 
     // --------------------------------------------------------- completions
 
+    /// Delivers one completion; a host fault it caused is reaped before
+    /// returning.
     fn deliver(&mut self, completion: Completion) -> Option<u64> {
+        let sid = self.deliver_one(completion);
+        faults::reap(self.ctx_mut());
+        sid
+    }
+
+    fn deliver_one(&mut self, completion: Completion) -> Option<u64> {
         match completion {
             Completion::Dispatch { token, result } => {
                 let owner = {
@@ -2058,9 +2069,14 @@ impl Drop for Host {
     }
 }
 
-/// Appends request headers not filtered out by `skip`.
+/// Appends the request headers not filtered out by `skip`, in list order,
+/// as nginx's proxy module copies `r->headers_in.headers`
+/// (`ngx_http_proxy_create_request`): entries a filter removed (blanked,
+/// hash 0) are copied too, with their current name and value. `skip` is
+/// the set of names the configuration's `proxy_set_header` (and Kong's Lua)
+/// replaces; it is applied by name, blanked or not.
 fn append_headers(head: &mut Vec<u8>, headers: &HeaderList, skip: impl Fn(&[u8]) -> bool) {
-    for (n, v) in headers.iter() {
+    for (n, v) in headers.iter_all() {
         if skip(n) {
             continue;
         }
@@ -2183,8 +2199,7 @@ fn client_headers(s: &Stream) -> Vec<(String, Vec<u8>)> {
         out.push(("Transfer-Encoding".to_string(), b"chunked".to_vec()));
     }
     if s.req.version != HttpVersion::Http2 {
-        let keepalive = resp.keepalive
-            && (s.req.version == HttpVersion::Http11 || has_cl || resp.content_length_n >= 0);
+        let keepalive = s.response_keepalive();
         let value: &[u8] = if resp.status == 101 {
             b"upgrade"
         } else if keepalive {
@@ -2240,7 +2255,37 @@ fn outcome(s: &Stream) -> ClientResponse {
         trapped: s.trapped,
         stalled: false,
         framing_error,
+        host_fault: None,
     }
+}
+
+/// The chain of a buffered response body (`ngx_http_wasm_body_filter_buffer`):
+/// the bytes copied into the module's buffers (up to their capacity), the
+/// rest of the chunk that filled them, and the incoming empty last buffer,
+/// which is linked as it is.
+fn buffered_chain(total: usize, cap: usize, last_in: &Chunk) -> Vec<Buf> {
+    let own = total.min(cap);
+    let mut bufs = vec![Buf {
+        len: own,
+        tag: BufTag::Module,
+    }];
+    let rest_tag = last_in
+        .bufs
+        .last()
+        .map_or(BufTag::Host(faults::UPSTREAM_BUF), |b| b.tag);
+    if total > own {
+        bufs.push(Buf {
+            len: total - own,
+            tag: rest_tag,
+        });
+    }
+    if last_in.last && last_in.data.is_empty() {
+        bufs.push(Buf {
+            len: 0,
+            tag: rest_tag,
+        });
+    }
+    bufs
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! dispatch response's headers, with the host's pseudo-headers and "shim"
 //! headers, and the host's rules for changing them.
 
-use super::headers::{escape_name, escape_value, HeaderList};
-use super::state::{CallOwner, Cur, HostCtx, Request, Response, Step, Stream};
+use super::builtins::{self, Note};
+use super::faults::{self, Crashed};
+use super::headers::HeaderList;
+use super::state::{CallOwner, Cur, HostCtx, Request, Step, Stream};
 use super::LogLevel;
 
 /// proxy-wasm map types.
@@ -35,54 +37,6 @@ pub(crate) enum MapOp {
     Set,
     Add,
     Remove,
-}
-
-/// Request headers nginx keeps a single pointer to: "add" refuses a second one.
-const REQ_BUILTINS: [&str; 24] = [
-    "Host",
-    "Connection",
-    "If-Modified-Since",
-    "If-Unmodified-Since",
-    "If-Match",
-    "If-None-Match",
-    "User-Agent",
-    "Referer",
-    "Content-Length",
-    "Content-Type",
-    "Range",
-    "If-Range",
-    "Transfer-Encoding",
-    "Expect",
-    "Upgrade",
-    "Accept-Encoding",
-    "Via",
-    "Authorization",
-    "Keep-Alive",
-    "X-Real-IP",
-    "Depth",
-    "Destination",
-    "Overwrite",
-    "Date",
-];
-
-/// Response headers nginx keeps a single pointer to.
-const RESP_BUILTINS: [&str; 12] = [
-    "Server",
-    "Date",
-    "Content-Encoding",
-    "Location",
-    "Refresh",
-    "Last-Modified",
-    "Content-Range",
-    "Accept-Ranges",
-    "WWW-Authenticate",
-    "Expires",
-    "E-Tag",
-    "ETag",
-];
-
-fn is_one_of(name: &[u8], list: &[&str]) -> bool {
-    list.iter().any(|b| b.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// `:path`: nginx `$uri` (decoded, normalised) plus `?args`.
@@ -220,7 +174,10 @@ fn push_list(out: &mut Vec<(Vec<u8>, Vec<u8>)>, list: &HeaderList) {
 }
 
 /// One value of a map (`get_header_map_value`): pseudo-headers match
-/// exactly, other names case-insensitively.
+/// exactly, other names case-insensitively. The host's lookup
+/// (`ngx_wasm_get_list_elem`) does not skip blanked entries, so after a
+/// remove it still finds the old value (the first entry of that name,
+/// blanked or not), unlike the whole map.
 pub(crate) fn get_one(ctx: &HostCtx, map: MapType, key: &[u8]) -> Option<Vec<u8>> {
     match map {
         MapType::Request => {
@@ -231,7 +188,8 @@ pub(crate) fn get_one(ctx: &HostCtx, map: MapType, key: &[u8]) -> Option<Vec<u8>
                 b":method" => Some(req.method.clone()),
                 b":scheme" => Some(scheme(req).as_bytes().to_vec()),
                 b":authority" => Some(pseudo_authority(ctx, req)),
-                _ => req.headers.get(key).map(<[u8]>::to_vec),
+                // Blanked entries are found too (ngx_wasm_get_list_elem).
+                _ => req.headers.find_any(key).map(<[u8]>::to_vec),
             }
         }
         MapType::Response => {
@@ -240,7 +198,7 @@ pub(crate) fn get_one(ctx: &HostCtx, map: MapType, key: &[u8]) -> Option<Vec<u8>
                 return (stream.resp.status != 0)
                     .then(|| format!("{:03}", stream.resp.status).into_bytes());
             }
-            if let Some(v) = stream.resp.headers.get(key) {
+            if let Some(v) = stream.resp.headers.find_any(key) {
                 return Some(v.to_vec());
             }
             shims(stream)
@@ -291,64 +249,92 @@ pub(crate) fn check_set(ctx: &HostCtx, map: MapType) -> Result<bool, String> {
 }
 
 /// Changes a map entry (after [`check_set`]). Pseudo-headers have their own
-/// setters; `:scheme` and `:authority` are read-only.
-pub(crate) fn set(ctx: &mut HostCtx, map: MapType, key: &[u8], value: &[u8], op: MapOp) {
+/// setters; `:scheme` and `:authority` are read-only. `Err` when the change
+/// crashed the worker (a host fault).
+pub(crate) fn set(
+    ctx: &mut HostCtx,
+    map: MapType,
+    key: &[u8],
+    value: &[u8],
+    op: MapOp,
+) -> Result<(), Crashed> {
     let Cur::Http { stream: sid, .. } = ctx.cur else {
-        return;
+        return Ok(());
     };
-    let mut errors: Vec<String> = Vec::new();
+    let mut notes: Vec<Note> = Vec::new();
     {
         let Some(stream) = ctx.streams.get_mut(&sid) else {
-            return;
+            return Ok(());
         };
         match map {
             MapType::Request => match key {
-                b":path" if op != MapOp::Remove => set_path(&mut stream.req, value),
-                b":method" if op != MapOp::Remove => stream.req.method = value.to_vec(),
-                b":path" | b":method" => {}
-                b":scheme" | b":authority" => errors.push(format!(
-                    "cannot set read-only \"{}\" header",
-                    String::from_utf8_lossy(key)
-                )),
-                _ => {
-                    if let Err(e) = set_request_header(&mut stream.req, key, value, op) {
-                        errors.push(e);
-                    }
+                b":path" | b":method" if op == MapOp::Remove => {
+                    notes.push(null_value_fault(key));
                 }
+                b":path" => set_path(&mut stream.req, value),
+                b":method" => stream.req.method = value.to_vec(),
+                b":scheme" | b":authority" => notes.push(Note::Log(
+                    LogLevel::Error,
+                    format!(
+                        "cannot set read-only \"{}\" header",
+                        String::from_utf8_lossy(key)
+                    ),
+                )),
+                _ => notes.extend(builtins::set_request_header(stream, key, value, op)),
             },
             MapType::Response => {
-                if key == b":status" {
-                    if op != MapOp::Remove {
-                        let status = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|s| s.parse::<u16>().ok())
-                            .filter(|s| (100..=599).contains(s));
-                        match status {
-                            Some(s) => {
-                                stream.resp.status = s;
-                                stream.resp.reason = None;
-                            }
-                            None => errors.push(format!(
+                if key == b":status" && op == MapOp::Remove {
+                    notes.push(null_value_fault(key));
+                } else if key == b":status" {
+                    let status = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.parse::<u16>().ok())
+                        .filter(|s| (100..=599).contains(s));
+                    match status {
+                        Some(s) => {
+                            stream.resp.status = s;
+                            stream.resp.reason = None;
+                        }
+                        None => notes.push(Note::Log(
+                            LogLevel::Warn,
+                            format!(
                                 "ignoring attempt to set invalid response status: \"{}\"",
                                 String::from_utf8_lossy(value)
-                            )),
-                        }
+                            ),
+                        )),
                     }
-                } else if let Err(e) = set_response_header(&mut stream.resp, key, value, op) {
-                    errors.push(e);
+                } else if let Some(note) =
+                    builtins::set_response_header(&mut stream.resp, key, value, op)
+                {
+                    notes.push(note);
                 }
             }
             _ => {}
         }
     }
-    for e in errors {
-        let level = if e.starts_with("ignoring") {
-            LogLevel::Warn
-        } else {
-            LogLevel::Error
-        };
-        ctx.host_log(level, e);
+    apply_notes(ctx, notes)
+}
+
+/// Removing a settable pseudo-header hands its setter
+/// (`ngx_proxy_wasm_maps_set_path`, `_set_method`, `_set_response_status`)
+/// a NULL value, which it reads at once.
+fn null_value_fault(key: &[u8]) -> Note {
+    Note::Fault(format!(
+        "removing the \"{}\" pseudo-header: its setter in ngx_proxy_wasm_maps.c reads the \
+         removal's NULL value",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+/// Logs the host's lines; a fault crashes the worker.
+pub(crate) fn apply_notes(ctx: &mut HostCtx, notes: Vec<Note>) -> Result<(), Crashed> {
+    for note in notes {
+        match note {
+            Note::Log(level, message) => ctx.host_log(level, message),
+            Note::Fault(why) => return Err(faults::crash(ctx, &why)),
+        }
     }
+    Ok(())
 }
 
 /// Setting `:path`: the part before `?` becomes `$uri`, the rest `$args`.
@@ -361,108 +347,4 @@ fn set_path(req: &mut Request, value: &[u8]) {
         None => req.uri = value.to_vec(),
     }
     req.uri_changed = true;
-}
-
-/// Changes a request header with nginx's rules for builtin headers.
-pub(crate) fn set_request_header(
-    req: &mut Request,
-    key: &[u8],
-    value: &[u8],
-    op: MapOp,
-) -> Result<(), String> {
-    let key = escape_name(key);
-    let value = escape_value(value);
-    let builtin = is_one_of(&key, &REQ_BUILTINS);
-    apply_op(&mut req.headers, &key, &value, op, builtin, "request")
-}
-
-/// Changes a response header with nginx's rules: `Content-Type` is kept
-/// aside, `Content-Length` is parsed, `Connection` only changes keep-alive.
-pub(crate) fn set_response_header(
-    resp: &mut Response,
-    key: &[u8],
-    value: &[u8],
-    op: MapOp,
-) -> Result<(), String> {
-    let key = escape_name(key);
-    let value = escape_value(value);
-    if key.eq_ignore_ascii_case(b"Content-Type") {
-        resp.content_type = match op {
-            MapOp::Remove => None,
-            _ => Some(value),
-        };
-        return Ok(());
-    }
-    if key.eq_ignore_ascii_case(b"Connection") {
-        if op == MapOp::Remove {
-            return Ok(());
-        }
-        let lower = String::from_utf8_lossy(&value).to_ascii_lowercase();
-        if lower.contains("keep-alive") {
-            resp.keepalive = true;
-        } else if lower.contains("close") {
-            resp.keepalive = false;
-        } else if lower.contains("upgrade") {
-            resp.status = 101;
-        } else {
-            return Err(format!(
-                "attempt to set invalid Connection response header: \"{}\"",
-                String::from_utf8_lossy(&value)
-            ));
-        }
-        return Ok(());
-    }
-    if key.eq_ignore_ascii_case(b"Content-Length") {
-        if op == MapOp::Remove {
-            resp.content_length_n = -1;
-            resp.headers.remove(&key);
-            return Ok(());
-        }
-        let parsed = std::str::from_utf8(&value)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<i64>().ok());
-        let Some(len) = parsed else {
-            return Err(format!(
-                "attempt to set invalid Content-Length response header: \"{}\"",
-                String::from_utf8_lossy(&value)
-            ));
-        };
-        if op == MapOp::Add && resp.headers.contains(&key) {
-            return Err("cannot add new \"Content-Length\" builtin response header".to_string());
-        }
-        resp.headers.set_first(&key, &value);
-        resp.content_length_n = len;
-        return Ok(());
-    }
-    let builtin = is_one_of(&key, &RESP_BUILTINS);
-    apply_op(&mut resp.headers, &key, &value, op, builtin, "response")
-}
-
-/// One header operation. nginx keeps a single entry for its builtin headers:
-/// they are set or removed in place, and adding a second one fails.
-fn apply_op(
-    headers: &mut HeaderList,
-    key: &[u8],
-    value: &[u8],
-    op: MapOp,
-    builtin: bool,
-    kind: &str,
-) -> Result<(), String> {
-    match op {
-        MapOp::Remove if builtin => headers.remove_first(key),
-        MapOp::Remove => {
-            headers.remove(key);
-        }
-        MapOp::Add if builtin && headers.contains(key) => {
-            return Err(format!(
-                "cannot add new \"{}\" builtin {kind} header",
-                String::from_utf8_lossy(key)
-            ));
-        }
-        MapOp::Add => headers.add(key, value),
-        MapOp::Set if builtin => headers.set_first(key, value),
-        MapOp::Set => headers.set(key, value),
-    }
-    Ok(())
 }

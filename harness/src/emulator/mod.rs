@@ -22,11 +22,18 @@
 //!   Kong's `kong.*` properties.
 //! - [`kong`]: Kong's routing, proxying variables, headers and error pages.
 //! - [`net`]: the blocking HTTP/1.1 client used for dispatches and upstreams.
-//! - [`headers`]: nginx-style header lists and the proxy-wasm map format.
+//! - [`headers`]: nginx-style header lists (with nginx's builtin header
+//!   slots) and the proxy-wasm map format.
+//! - [`builtins`]: how the host changes request and response headers: its
+//!   handler tables, builtin header slots, `Connection`, `Content-Length`.
 //! - [`maps`]: the header maps a filter sees (pseudo-headers, shims).
+//! - [`faults`]: host faults (defects that crash the worker): body chains
+//!   and the connection pool, what is lost when the worker dies.
 //! - [`state`]: the data the host keeps per worker, root context and request.
 
 mod abi;
+mod builtins;
+mod faults;
 mod headers;
 mod kong;
 mod lifecycle;
@@ -262,6 +269,8 @@ impl ClientRequest {
 /// What the client receives.
 #[derive(Clone, Debug, Default)]
 pub struct ClientResponse {
+    /// 0 when no response came at all: [`ClientResponse::stalled`] or
+    /// [`ClientResponse::host_fault`].
     pub status: u16,
     /// Header lines as sent to the client, in order.
     pub headers: Vec<(String, Vec<u8>)>,
@@ -279,6 +288,12 @@ pub struct ClientResponse {
     /// The bytes sent disagree with the announced `Content-Length` (a real
     /// client would read a truncated body or wait for missing bytes).
     pub framing_error: Option<String>,
+    /// The worker process crashed while this request was in flight (an
+    /// emulated host fault: a defect of the real host that the filter
+    /// triggered, see `docs/emulator.md`): the client's connection was
+    /// reset, there is no response (`status` 0). The text is the crash's
+    /// log line. Every request in flight in the worker is lost with it.
+    pub host_fault: Option<String>,
 }
 
 impl ClientResponse {
@@ -401,6 +416,10 @@ pub struct HostStats {
     pub guest_calls: u64,
     pub dispatches: u64,
     pub upstream_requests: u64,
+    /// Emulated host faults: times the worker process crashed (each loses
+    /// every request in flight, see [`ClientResponse::host_fault`]). Should
+    /// always be 0.
+    pub host_faults: u64,
 }
 
 impl HostStats {

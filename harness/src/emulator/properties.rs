@@ -521,7 +521,13 @@ pub(crate) fn ngx_var(ctx: &HostCtx, s: &Stream, name: &str) -> Option<Vec<u8>> 
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         }),
-        "content_length" => req.headers.get(b"content-length").map(<[u8]>::to_vec),
+        // ngx_http_variable_content_length reads the slot's entry, removed
+        // (blanked) or not.
+        "content_length" => req
+            .headers
+            .slot("content_length")
+            .and_then(|i| req.headers.entry(i))
+            .map(|h| h.value.clone()),
         "content_type" => req.headers.get(b"content-type").map(<[u8]>::to_vec),
         "request_length" => text((req.header_bytes + req.body.len()).to_string()),
         "request_time" => text(format!(

@@ -6,6 +6,7 @@
 //! request context (`rctx`) plus the filter-chain context (`pwctx`); an
 //! [`Exec`] is one filter's HTTP context (`pwexec`).
 
+use super::faults::{Buf, BufTag, Faults};
 use super::headers::HeaderList;
 use super::net::CallResult;
 use super::{
@@ -179,6 +180,28 @@ pub(crate) struct Chunk {
     pub data: Vec<u8>,
     /// `last_buf`: this is the end of the body.
     pub last: bool,
+    /// The chain's buffers, in order (their sizes add up to `data.len()`).
+    pub bufs: Vec<Buf>,
+}
+
+impl Chunk {
+    /// One buffer made outside the module (see `faults.rs`).
+    pub fn host(data: Vec<u8>, last: bool, what: &'static str) -> Self {
+        let bufs = vec![Buf {
+            len: data.len(),
+            tag: BufTag::Host(what),
+        }];
+        Self { data, last, bufs }
+    }
+
+    /// One buffer of the module's own.
+    pub fn module(data: Vec<u8>, last: bool) -> Self {
+        let bufs = vec![Buf {
+            len: data.len(),
+            tag: BufTag::Module,
+        }];
+        Self { data, last, bufs }
+    }
 }
 
 /// The request as nginx sees it.
@@ -203,6 +226,11 @@ pub(crate) struct Request {
     pub spooled: bool,
     /// A filter replaced the body (`set_http_request_body`).
     pub body_replaced: bool,
+    /// The body's chain (`r->request_body->bufs`), once nginx read it or a
+    /// filter replaced it.
+    pub body_bufs: Vec<Buf>,
+    /// The client asked to keep the connection (`r->keepalive` at the start).
+    pub keepalive: bool,
     pub client_addr: SocketAddr,
     pub tls: bool,
     pub server_port: u16,
@@ -308,6 +336,24 @@ pub(crate) struct Stream {
     pub client_headers: Vec<(String, Vec<u8>)>,
     /// The final response, once complete.
     pub outcome: Option<ClientResponse>,
+    /// The client connection (`ClientRequest::connection`).
+    pub connection: Option<u64>,
+    /// A body replacement put a chain link of this request's pool on the
+    /// connection pool's free list (what it emptied).
+    pub freed_host_link: Option<String>,
+}
+
+impl Stream {
+    /// nginx's header filter keeps the connection after this response
+    /// (HTTP/1.x): keep-alive requested and still on, and, for HTTP/1.0,
+    /// a known length (no chunked encoding to end the body).
+    pub fn response_keepalive(&self) -> bool {
+        let resp = &self.resp;
+        resp.keepalive
+            && (self.req.version == HttpVersion::Http11
+                || resp.headers.contains(b"Content-Length")
+                || resp.content_length_n >= 0)
+    }
 }
 
 /// A route + service and the root contexts of its filter chain.
@@ -406,6 +452,8 @@ pub(crate) struct HostCtx {
     /// The current instance's memory and allocator.
     pub memory: Option<Memory>,
     pub malloc: Option<Func>,
+    /// Host faults (crashes of the worker) and what leads to them.
+    pub faults: Faults,
 }
 
 impl HostCtx {
@@ -435,13 +483,18 @@ impl HostCtx {
             started: from.started,
             memory: None,
             malloc: None,
+            faults: Faults::default(),
         }
     }
 
     /// Records a log line (and echoes it when `PING_AUTH_EMU_LOG=1`). The
     /// oldest lines are dropped past [`MAX_LOG_RECORDS`] (long benchmarks
     /// should call `take_logs`).
+    /// Nothing is logged while the worker is dead (after a host fault).
     pub fn log(&mut self, level: LogLevel, context_id: u32, from_filter: bool, message: String) {
+        if self.faults.crashed() {
+            return;
+        }
         if self.echo_logs {
             eprintln!("[{level}] [emu] #{context_id} {message}");
         }

@@ -254,6 +254,10 @@ impl Vm {
         if self.is_live() {
             return Ok(());
         }
+        if self.store.data().faults.crashed() {
+            // The worker is gone until the host fault is reaped.
+            return Err("worker process exited".to_string());
+        }
         self.new_instance()
     }
 
@@ -368,6 +372,13 @@ impl Vm {
             Ok(()) => {
                 let ret = results.first().and_then(|v| v.i32());
                 Guest::Ok(ret)
+            }
+            Err(_) if ctx.faults.crashed() => {
+                // A host fault, not a trap of the filter: the worker died.
+                ctx.trapped = true;
+                ctx.trap_msg = None;
+                self.live = None;
+                Guest::Trap("worker process exited".to_string())
             }
             Err(err) => {
                 let msg = match ctx.trap_msg.take() {
