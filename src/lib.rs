@@ -17,6 +17,7 @@ pub mod local_reply;
 pub mod reply;
 pub mod request;
 pub mod response_hook;
+pub mod slots;
 pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]

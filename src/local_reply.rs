@@ -19,41 +19,7 @@
 //! `on_http_response_body` without emptying the host's buffer.
 
 use crate::reply::Reply;
-
-/// Response headers nginx stores in a single slot of `headers_out`
-/// (ngx_wasm_module `ngx_http_wasm_resp_headers_handlers`): once set they can
-/// only be replaced, never given a second value. `connection` is handled by
-/// nginx itself (keep-alive flag, not a header line).
-const SINGLE_SLOT: &[&str] = &[
-    "server",
-    "date",
-    "content-length",
-    "content-encoding",
-    "location",
-    "refresh",
-    "last-modified",
-    "content-range",
-    "accept-ranges",
-    "www-authenticate",
-    "expires",
-    "etag",
-    "e-tag",
-    "content-type",
-    "connection",
-];
-
-/// Whether nginx can carry only one value of this response header.
-pub fn single_slot(name: &str) -> bool {
-    SINGLE_SLOT.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// A change to the local reply's headers in `on_http_response_headers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderFix {
-    Remove(String),
-    Add(String, String),
-    Set(String, String),
-}
+use crate::slots::{response_single_slot as single_slot, HeaderFix};
 
 /// How one reply is delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,7 +303,5 @@ mod tests {
             "{:?}",
             plan.warnings
         );
-        assert!(single_slot("WWW-Authenticate") && single_slot("ETag"));
-        assert!(!single_slot("cache-control") && !single_slot("set-cookie"));
     }
 }

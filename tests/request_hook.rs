@@ -355,6 +355,29 @@ fn non_utf8_bytes_never_break_json() {
 
 // --- Allow replies (directives) -----------------------------------------------------
 
+/// What the upstream gets for a client's `Accept-Encoding`: removed by the
+/// response hook's own call; with the hook off the host cannot remove a
+/// request header from a request it proxies (docs/emulator.md, "Request
+/// headers and what is proxied"), so the filter sets it to `identity`.
+fn accept_encoding_upstream(hook: bool) -> Vec<&'static str> {
+    if hook {
+        vec![]
+    } else {
+        vec!["identity"]
+    }
+}
+
+/// What the upstream gets for a header the policy removed: nothing with the
+/// response hook; with the hook off, the line emptied in place (the closest
+/// the host allows).
+fn removed_upstream(hook: bool) -> Vec<&'static str> {
+    if hook {
+        vec![]
+    } else {
+        vec![""]
+    }
+}
+
 #[test]
 fn case17_echo_forwards_unchanged_minus_accept_encoding() {
     for hook in MODES {
@@ -371,7 +394,11 @@ fn case17_echo_forwards_unchanged_minus_accept_encoding() {
         assert_eq!(up.target, "/a/b?x=1");
         assert_eq!(up.body, b"{\"k\":1}");
         assert_eq!(req_header(&up, "x-keep"), ["yes"]);
-        assert!(up.header("accept-encoding").is_none(), "hook {hook}");
+        assert_eq!(
+            req_header(&up, "accept-encoding"),
+            accept_encoding_upstream(hook),
+            "hook {hook}"
+        );
         assert_eq!(
             resp.upstream_requests,
             if hook { 0 } else { 1 },
@@ -411,8 +438,54 @@ fn case18_19_20_header_add_remove_reorder() {
         assert_eq!(env.send(r).status, 200);
         let up = env.upstream.last_request().unwrap();
         assert_eq!(req_header(&up, "x-user"), ["alice"], "hook {hook}");
-        assert!(up.header("authorization").is_none(), "hook {hook}");
-        assert_eq!(req_header(&up, "x-m"), ["2", "1"], "hook {hook}");
+        assert_eq!(
+            req_header(&up, "authorization"),
+            removed_upstream(hook),
+            "hook {hook}"
+        );
+        if hook {
+            assert_eq!(req_header(&up, "x-m"), ["2", "1"]);
+        } else {
+            // The client sent X-M twice: the host replaces only the first
+            // line of a proxied request; the second keeps its value (warned).
+            assert_eq!(req_header(&up, "x-m"), ["2", "2", "1"]);
+            assert!(env.log_contains("request header 'x-m' came 2 times"));
+            assert!(env.log_contains("cannot remove from a request it proxies"));
+        }
+    }
+}
+
+/// Seen on a real build of Kong's host: with the hook off, a remove-then-add
+/// of `Authorization` is refused (`cannot add new "Authorization" builtin
+/// request header`) and the upstream gets the client's token.
+#[test]
+fn replaced_builtin_request_headers_reach_the_upstream_with_the_policy_value() {
+    for hook in MODES {
+        let mut env = Env::new(
+            allow_with(|v| {
+                for h in v["headers"].as_array_mut().unwrap() {
+                    if let Some(o) = h.as_object_mut() {
+                        if o.contains_key("authorization") {
+                            o.insert("authorization".into(), json!("Bearer exchanged"));
+                        }
+                        if o.contains_key("user-agent") {
+                            o.insert("user-agent".into(), json!("policy/1"));
+                        }
+                    }
+                }
+            }),
+            mode(hook),
+        );
+        let resp = env.send(with_header(get("/"), "Authorization", "Bearer client"));
+        assert_eq!(resp.status, 200);
+        let up = env.upstream.last_request().unwrap();
+        assert_eq!(
+            req_header(&up, "authorization"),
+            ["Bearer exchanged"],
+            "hook {hook}"
+        );
+        assert_eq!(req_header(&up, "user-agent"), ["policy/1"], "hook {hook}");
+        assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
     }
 }
 
@@ -429,12 +502,12 @@ fn case21_accept_encoding_removed_even_if_policy_keeps_it() {
             mode(hook),
         );
         env.send(with_header(get("/"), "Accept-Encoding", "gzip"));
-        assert!(env
-            .upstream
-            .last_request()
-            .unwrap()
-            .header("accept-encoding")
-            .is_none());
+        let up = env.upstream.last_request().unwrap();
+        assert_eq!(
+            req_header(&up, "accept-encoding"),
+            accept_encoding_upstream(hook),
+            "hook {hook}"
+        );
     }
 }
 
@@ -566,8 +639,14 @@ fn case25_headers_missing_or_empty() {
         let mut env = Env::new(allow_with(|v| v["headers"] = json!([])), mode(hook));
         assert_eq!(env.send(with_header(get("/"), "X-Gone", "1")).status, 200);
         let up = env.upstream.last_request().unwrap();
-        assert!(
-            up.header("x-gone").is_none() && up.header("user-agent").is_none(),
+        assert_eq!(
+            req_header(&up, "x-gone"),
+            removed_upstream(hook),
+            "hook {hook}"
+        );
+        assert_eq!(
+            req_header(&up, "user-agent"),
+            removed_upstream(hook),
             "hook {hook}"
         );
     }
@@ -918,12 +997,14 @@ fn second_values_of_single_value_headers_never_trap() {
     let resp = env.send(get("/"));
     assert!(!resp.trapped);
     assert_eq!(resp.status, 200);
+    // A single-slot header gets one value, the policy's last, replaced in place
+    // (a remove-then-add would be refused by the host and keep the client's).
     assert_eq!(
         req_header(&env.upstream.last_request().unwrap(), "user-agent"),
-        ["curl/8.5.0"]
+        ["second"]
     );
-    // Kong's host logs the refusal itself and keeps the first value.
-    assert!(env.log_contains("cannot add new \"user-agent\" builtin request header"));
+    assert!(env.log_contains("can send only once"));
+    assert!(!env.log_contains("cannot add new"));
 
     let mut env = Env::new(
         |_r: &Request| {

@@ -20,10 +20,11 @@ use crate::debug;
 use crate::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::failure::{Call, Failure, Level};
 use crate::json;
-use crate::local_reply::{BodyCut, ChunkAction, HeaderFix, Plan};
+use crate::local_reply::{BodyCut, ChunkAction, Plan};
 use crate::reply::{Members, Reply};
 use crate::request::{self, ClientRequest, Header, MAX_HEADERS};
 use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
+use crate::slots::{self, HeaderFix};
 use crate::upstream::{self, Routing, Target};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -371,19 +372,18 @@ impl Http {
             self.fail(Failure::BodyChangeUnsupported);
             return;
         }
-        for op in &d.header_ops {
-            match op {
-                HeaderOp::Remove(name) if name != "host" => {
-                    host::set_header(Map::HttpRequestHeaders, name, None)
-                }
-                HeaderOp::Set(name, values) if name != "host" => {
-                    host::set_header(Map::HttpRequestHeaders, name, None);
-                    for v in values {
-                        host::add_header(Map::HttpRequestHeaders, name, v);
-                    }
-                }
-                _ => {}
-            }
+        let ops: Vec<HeaderOp> = d
+            .header_ops
+            .iter()
+            .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"))
+            .cloned()
+            .collect();
+        let (fixes, warnings) = slots::request_changes(&ops, &self.request.headers);
+        for w in &warnings {
+            host::log(Level::Warn, w);
+        }
+        for fix in &fixes {
+            apply(Map::HttpRequestHeaders, fix);
         }
         if let Some(m) = &d.method {
             host::set_header(Map::HttpRequestHeaders, ":method", Some(m));
@@ -596,6 +596,15 @@ impl Http {
     }
 }
 
+/// One header change through the non-trapping wrappers.
+fn apply(map: Map, fix: &HeaderFix) {
+    match fix {
+        HeaderFix::Remove(n) => host::set_header(map, n, None),
+        HeaderFix::Set(n, v) => host::set_header(map, n, Some(v)),
+        HeaderFix::Add(n, v) => host::add_header(map, n, v),
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host
@@ -748,13 +757,7 @@ impl HttpContext for Http {
                     host::log(Level::Warn, w);
                 }
                 for fix in &plan.header_fixes {
-                    match fix {
-                        HeaderFix::Remove(n) => host::set_header(Map::HttpResponseHeaders, n, None),
-                        HeaderFix::Set(n, v) => {
-                            host::set_header(Map::HttpResponseHeaders, n, Some(v))
-                        }
-                        HeaderFix::Add(n, v) => host::add_header(Map::HttpResponseHeaders, n, v),
-                    }
+                    apply(Map::HttpResponseHeaders, fix);
                 }
                 Action::Continue
             }
@@ -773,10 +776,13 @@ impl HttpContext for Http {
                     "the upstream was called before a policy decision (request announced a body but \
                      sent none, so the host skipped the body step); answering 502",
                 );
+                // Not `connection`: the host's handler for it reads the value a
+                // remove does not have (ngx_http_wasm_set_connection_header_handler)
+                // and crashes the worker; it is set to `close` below.
                 let names: Vec<String> = host::header_map(Map::HttpResponseHeaders)
                     .into_iter()
                     .map(|(n, _)| n)
-                    .filter(|n| !n.starts_with(':'))
+                    .filter(|n| !n.starts_with(':') && !n.eq_ignore_ascii_case("connection"))
                     .collect();
                 for n in names {
                     host::set_header(Map::HttpResponseHeaders, &n, None);
