@@ -2,6 +2,8 @@
 //!
 //! - [`emulator`]: a proxy-wasm host on Wasmtime that behaves like Kong's Wasm
 //!   host (ngx_wasm_module) as recorded in `host-observed.md`.
+//! - [`gateway`]: the emulator behind a listening socket (many client
+//!   connections, one worker), for the demo, load tests and benchmarks.
 //! - [`http`]: a small blocking HTTP/1.1 server and message codec (plain or TLS).
 //! - [`policy`]: a Sideband API policy server (rules from a JSON policy file).
 //! - [`upstream`]: an echo upstream that records what it receives.
@@ -11,6 +13,7 @@
 pub mod bench;
 pub mod certs;
 pub mod emulator;
+pub mod gateway;
 pub mod http;
 pub mod policy;
 pub mod upstream;

@@ -39,6 +39,10 @@ impl Servers {
         self.pdp.port()
     }
 
+    pub fn upstream_port(&self) -> u16 {
+        self.upstream.port()
+    }
+
     pub fn stop(&mut self) {
         self.pdp.stop();
         self.upstream.stop();

@@ -7,6 +7,7 @@
 //! - [`server`]: the loopback policy server and upstream.
 //! - [`emulated`]: the `.wasm` in the emulator (guest time, host calls, memory).
 //! - [`native`]: the same core work without Wasm.
+//! - [`throughput`]: concurrent keep-alive clients through one emulated worker.
 //! - [`size`]: `.wasm` sizes, `wasm-opt`, a `name`-section parser.
 //! - [`stats`], [`report`]: medians, percentiles, tables.
 
@@ -17,6 +18,7 @@ pub mod scenarios;
 pub mod server;
 pub mod size;
 pub mod stats;
+pub mod throughput;
 
 use crate::wasm_build;
 use report::ScenarioResult;
@@ -42,6 +44,10 @@ pub struct Counts {
     pub native: usize,
     pub growth_checkpoint: usize,
     pub growth_total: usize,
+    /// Concurrent keep-alive clients of the throughput runs...
+    pub load_clients: usize,
+    /// ... and the requests each sends.
+    pub load_requests: usize,
 }
 
 impl Counts {
@@ -52,6 +58,8 @@ impl Counts {
             native: 5_000,
             growth_checkpoint: 100,
             growth_total: 10_000,
+            load_clients: 16,
+            load_requests: 200,
         }
     }
 
@@ -63,6 +71,8 @@ impl Counts {
             native: 300,
             growth_checkpoint: 100,
             growth_total: 1_000,
+            load_clients: 16,
+            load_requests: 20,
         }
     }
 }
@@ -95,6 +105,23 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
             wasm: wasm_run,
             native: native_run,
         });
+    }
+    let mut load = Vec::new();
+    for key in throughput::KEYS {
+        let Some(sc) = all.iter().find(|s| s.key == key) else {
+            continue;
+        };
+        eprintln!(
+            "bench: {key} with {} concurrent keep-alive clients...",
+            counts.load_clients
+        );
+        load.push(throughput::run(
+            &wasm,
+            &servers,
+            sc,
+            counts.load_clients,
+            counts.load_requests,
+        )?);
     }
     eprintln!("bench: memory over {} requests...", counts.growth_total);
     let growth = emulated::memory_growth(&wasm, &servers, &all, counts);
@@ -135,6 +162,14 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
             ),
         },
         Budget {
+            pass: load.iter().all(throughput::Throughput::clean),
+            text: format!(
+                "{} concurrent keep-alive clients: every request answered as expected, \
+                 no trap, no host fault",
+                counts.load_clients
+            ),
+        },
+        Budget {
             pass: growth.bytes() <= MEMORY_TOLERANCE_BYTES,
             text: format!(
                 "no memory growth: +{} bytes from request {} to {} <= {}",
@@ -150,6 +185,7 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
     report::per_request(&results);
     report::host_calls(&results);
     report::sizes(&sizes);
+    report::throughput(&load);
     report::memory(&results, &growth, MEMORY_TOLERANCE_BYTES);
     report::budgets(&budgets);
     println!();

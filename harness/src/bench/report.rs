@@ -228,6 +228,42 @@ pub fn sizes(sz: &Sizes) {
     println!(" instantiated for a crate's types counts as std)");
 }
 
+pub fn throughput(runs: &[super::throughput::Throughput]) {
+    println!();
+    println!("== Concurrent keep-alive clients through one emulated worker ==");
+    println!(
+        "   the emulator's figures (one thread runs the Wasm instance and every callback), not"
+    );
+    println!("   Kong's; the real host's are in docs/performance.md");
+    let mut t = Table::new(&[
+        "scenario",
+        "clients",
+        "requests",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "wrong",
+        "lost",
+        "traps",
+        "host faults",
+    ]);
+    for r in runs {
+        t.row(vec![
+            format!("{} ({})", r.key, r.title),
+            r.clients.to_string(),
+            r.requests.to_string(),
+            format!("{:.0}", r.per_second()),
+            us(r.latency.median_us),
+            us(r.latency.p99_us),
+            r.wrong.to_string(),
+            r.failed.to_string(),
+            r.traps.to_string(),
+            r.host_faults.to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+}
+
 pub fn memory(results: &[ScenarioResult<'_>], growth: &Growth, tolerance: usize) {
     println!();
     println!("== Linear memory, bytes (it never shrinks: the last figure is the peak) ==");

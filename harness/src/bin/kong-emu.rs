@@ -8,22 +8,18 @@
 //!          [--trusted-ca ca.pem | --no-tls-verify] [--log-level info] [--plain]
 //! ```
 //!
-//! Clients connect over HTTP/1.1 (`http::Server`, one thread per connection);
-//! each request is handed over a channel to a single worker thread that owns
-//! the emulator (one nginx worker, one Wasm instance). Log lines go to stderr
-//! in the shape of Kong's error log.
+//! The emulator serves clients through `ping_auth_harness::gateway` (one
+//! nginx worker, one Wasm instance, many keep-alive connections). Log lines go
+//! to stderr in the shape of Kong's error log.
 
 use anyhow::{anyhow, bail, Context, Result};
 use ping_auth_harness::emulator::{
-    BodyMode, ChainId, ClientRequest, ClientResponse, Emulator, FilterEntry, HostOptions,
-    HttpVersion, LogLevel, LogRecord, Route, Service, StreamId,
+    Emulator, FilterEntry, HostOptions, LogLevel, LogRecord, Route, Service,
 };
-use ping_auth_harness::http;
+use ping_auth_harness::gateway::Gateway;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: kong-emu --wasm FILE --service URL --route PATH [--route PATH ...] \
 [--config FILE] [--listen ADDR (127.0.0.1:8000)] [--strip-path] [--preserve-host] \
@@ -140,61 +136,6 @@ fn parse_service(url: &str) -> Result<Service> {
     Ok(service)
 }
 
-/// A request handed from a connection thread to the worker.
-struct Job {
-    request: ClientRequest,
-    reply: Sender<ClientResponse>,
-}
-
-fn to_client_request(req: http::Request, server_port: u16) -> ClientRequest {
-    let version = match req.version.as_str() {
-        "HTTP/1.0" => HttpVersion::Http10,
-        _ => HttpVersion::Http11,
-    };
-    let chunked = req
-        .headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
-    ClientRequest {
-        method: req.method,
-        target: req.target,
-        version,
-        headers: req.headers,
-        body: req.body,
-        body_mode: if chunked {
-            BodyMode::Chunked
-        } else {
-            BodyMode::ContentLength
-        },
-        client_addr: req.peer,
-        tls: req.tls,
-        server_port,
-        client_cert_pem: None,
-        connection: None,
-    }
-}
-
-fn to_http_response(resp: ClientResponse) -> http::Response {
-    if resp.stalled {
-        return http::Response::text(
-            504,
-            "kong-emu: the request stalled (Kong would leave it hanging until the client times out)\n",
-        );
-    }
-    let mut out = http::Response::new(resp.status);
-    for (name, value) in resp.headers {
-        let lower = name.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "connection" | "transfer-encoding" | "content-length" | "keep-alive"
-        ) {
-            continue;
-        }
-        out = out.with_header(name, value);
-    }
-    out.with_body(resp.body)
-}
-
 fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace | LogLevel::Debug => "debug",
@@ -226,40 +167,6 @@ fn print_logs(logs: Vec<LogRecord>, min: LogLevel, filter: &str) {
             level_name(l.level),
             l.message
         );
-    }
-}
-
-/// The worker: owns the emulator, starts requests, delivers I/O, replies.
-fn worker(mut emu: Emulator, chain: ChainId, jobs: Receiver<Job>, min: LogLevel, filter: String) {
-    let mut pending: Vec<(StreamId, Sender<ClientResponse>)> = Vec::new();
-    loop {
-        // Wait for work when idle, otherwise poll.
-        let first = if pending.is_empty() {
-            match jobs.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
-            }
-        } else {
-            None
-        };
-        for job in first.into_iter().chain(jobs.try_iter()) {
-            let id = emu.start(chain, job.request);
-            pending.push((id, job.reply));
-        }
-        if !pending.is_empty() {
-            let _ = emu.deliver_next(Duration::from_millis(5));
-        }
-        let mut still = Vec::new();
-        for (id, reply) in pending.drain(..) {
-            if emu.is_complete(id) {
-                let resp = emu.finish(id);
-                let _ = reply.send(resp);
-            } else {
-                still.push((id, reply));
-            }
-        }
-        pending = still;
-        print_logs(emu.take_logs(), min, &filter);
     }
 }
 
@@ -299,48 +206,31 @@ fn run() -> Result<()> {
         })?;
     print_logs(emu.take_logs(), args.log_level, &filter);
 
-    let (tx, rx) = mpsc::channel::<Job>();
-    let min = args.log_level;
-    let worker_filter = filter.clone();
-    let worker = std::thread::Builder::new()
-        .name("kong-emu-worker".into())
-        .spawn(move || worker(emu, chain, rx, min, worker_filter))?;
-
     let port = args
         .listen
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .unwrap_or(8000);
-    let handler_tx = std::sync::Mutex::new(tx);
-    let handler: http::Handler = Arc::new(move |req: http::Request| {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        let job = Job {
-            request: to_client_request(req, port),
-            reply: reply_tx,
-        };
-        let sent = handler_tx
-            .lock()
-            .map(|tx| tx.send(job).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            return http::Response::text(503, "kong-emu: worker stopped\n");
-        }
-        match reply_rx.recv_timeout(Duration::from_secs(600)) {
-            Ok(resp) => to_http_response(resp),
-            Err(_) => http::Response::text(504, "kong-emu: no answer from the worker\n"),
-        }
-    });
-    let server = http::Server::start(&args.listen, None, handler)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let min = args.log_level;
+    let sink_filter = filter.clone();
+    let gateway = Gateway::start(
+        emu,
+        chain,
+        &args.listen,
+        Some(port),
+        Some(Box::new(move |logs| print_logs(logs, min, &sink_filter))),
+    )
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
         "kong-emu: listening on http://{} (filter \"{filter}\", routes {:?} -> {})",
-        server.addr(),
+        gateway.addr(),
         args.routes,
         args.service
     );
-    let _ = worker.join();
-    drop(server);
-    Ok(())
+    // Serves until the process is stopped.
+    loop {
+        std::thread::park();
+    }
 }
 
 fn main() -> ExitCode {
