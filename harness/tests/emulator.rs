@@ -40,7 +40,8 @@ impl Seen {
 }
 
 /// A small HTTP/1.1 server on 127.0.0.1 whose answers depend on the path:
-/// `/slow/<ms>` waits, `/chunked/<n>` sends n bytes chunked, `/big/<n>`
+/// `/slow/<ms>` waits, `/stall/<len>/<n>` sends the head with
+/// `Content-Length: <len>` and n body bytes, then stalls, `/chunked/<n>` sends n bytes chunked, `/big/<n>`
 /// sends n bytes with Content-Length, `/status/<code>`, `/hang` never
 /// answers, `/garbage` sends an invalid response, `/auth` answers 401 with
 /// `WWW-Authenticate` and a relative `Location`; anything else answers 200
@@ -173,6 +174,19 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
         reply(&mut out, 200, &vec![b'b'; n], "");
     } else if let Some(code) = path.strip_prefix("/status/") {
         reply(&mut out, code.parse().unwrap_or(200), b"status", "");
+    } else if let Some(rest) = path.strip_prefix("/stall/") {
+        let mut parts = rest.split('/');
+        let len: usize = parts.next().unwrap_or("0").parse().unwrap_or(0);
+        let sent: usize = parts.next().unwrap_or("0").parse().unwrap_or(0);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nX-Upstream: 1\r\nConnection: close\r\n\r\n"
+        );
+        let _ = out.write_all(head.as_bytes());
+        let _ = out.write_all(&vec![b's'; sent]);
+        let _ = out.flush();
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     } else if path.starts_with("/hang") {
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -573,6 +587,58 @@ fn dispatch_failures_call_back_with_no_status() {
         assert_eq!(resp.status, 200);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+}
+
+/// Seen on a real build: the head and part of the body arrived, then the
+/// read timed out. The host calls back with the head's headers and the
+/// partial length, but has no body buffer: reading it answers BadArgument.
+#[test]
+fn dispatch_read_timeout_mid_body_calls_back_with_head_and_unreadable_body() {
+    let server = TestServer::start();
+    let (mut emu, chain) = kong(&server);
+    let cmd = format!("dispatch:{}|/stall/100/10|300;pause", server.target());
+    let started = Instant::now();
+    let resp = emu.send(
+        chain,
+        get("/a").header("x-probe-req-headers", &cmd).header(
+            "x-probe-call-response",
+            "dump-call-headers;call-body-status",
+        ),
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let call = lines_with(&emu, "step call-response");
+    assert_eq!(call.len(), 1, "{:?}", all_lines(&emu));
+    assert!(
+        call[0]
+            .contains("headers=3 body=10 status=Some(\"200\") dispatch_status=Some(\"timeout\")"),
+        "{}",
+        call[0]
+    );
+    let dump = lines_with(&emu, "call-headers ");
+    assert_eq!(
+        dump,
+        vec![
+            "call-headers :status: 200 | :dispatch_status: timeout | Content-Length: 100 \
+             | X-Upstream: 1 | Connection: close"
+                .to_string()
+        ]
+    );
+    // BadArgument (2), not a body and not NotFound.
+    assert_eq!(
+        lines_with(&emu, "call-body-status"),
+        vec!["call-body-status 2 len=0".to_string()]
+    );
+    assert!(has_line(
+        &emu,
+        &format!(
+            "dispatch failed: tcp socket - timed out reading from \"{}\"",
+            server.target()
+        )
+    ));
+    // The filter did not trap; the failed dispatch resumes the request with
+    // the host's error path, like the other dispatch failures.
+    assert!(!has_line(&emu, "panicked"));
+    assert_eq!(resp.status, 200);
 }
 
 #[test]

@@ -22,6 +22,10 @@
 //! - `set-property:<a.b.c>=<value>`: logs `set-property ok` or `set-property err N`.
 //! - `dump-req-headers`, `dump-resp-headers`, `dump-call`: log the header map
 //!   (one line, `name: value` pairs joined by ` | `) and the call response body.
+//! - `call-body-status`: `proxy_get_buffer_bytes(HttpCallResponseBody)` called
+//!   directly (the SDK getter panics on an unexpected status); logs
+//!   `call-body-status <status> len=<n>`. `dump-call-headers`: logs only the
+//!   call response header map (`call-headers ...`).
 //! - `add-resp-header:<n>=<v>`, `set-resp-header:<n>=<v>`, `remove-resp-header:<n>`,
 //!   `set-req-header:<n>=<v>`, `add-req-header:<n>=<v>`, `remove-req-header:<n>`.
 //!   They log `resp-header <add|set|remove> <n> -> <result>` (or
@@ -221,6 +225,14 @@ impl Probe {
                     .map(|b| String::from_utf8_lossy(&b).into_owned());
                 log(&format!("call-body {body:?}"));
             }
+            "dump-call-headers" => log(&format!(
+                "call-headers {}",
+                dump(MapType::HttpCallResponseHeaders)
+            )),
+            "call-body-status" => {
+                let (status, len) = call_body_status();
+                log(&format!("call-body-status {status} len={len}"));
+            }
             "add-resp-header" => {
                 let (n, v) = arg.split_once('=').unwrap_or((arg, ""));
                 let result = hostcalls::add_map_value(MapType::HttpResponseHeaders, n, v);
@@ -356,6 +368,32 @@ impl Probe {
             Err(status) => log(&format!("dispatch err {}", status as u32)),
         }
     }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    #[link_name = "proxy_get_buffer_bytes"]
+    fn raw_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+}
+
+/// The raw status of reading the whole call response body, and its length.
+fn call_body_status() -> (u32, usize) {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: both out-pointers are valid locals; on success the host hands
+    // over a buffer allocated with the module's allocator, freed below.
+    let status = unsafe { raw_get_buffer_bytes(4, 0, usize::MAX, &mut data, &mut size) };
+    if status == 0 && !data.is_null() {
+        // SAFETY: the host allocated `size` bytes at `data` with `proxy_on_memory_allocate`.
+        drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    }
+    (status, size)
 }
 
 fn dump(map: MapType) -> String {

@@ -898,6 +898,9 @@ fn current_call_body(ctx: &HostCtx) -> Option<Vec<u8>> {
     ctx.calls
         .get(&token)
         .and_then(|call| call.result.as_ref())
+        // A partial body (read timed out) has a length but no buffer: the
+        // host's buffer helper returns NULL and the hostcall BadArgument.
+        .filter(|r| r.partial_body.is_none())
         .map(|r| r.body.clone())
 }
 

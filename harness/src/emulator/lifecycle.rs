@@ -1036,7 +1036,7 @@ impl Host {
                     .calls
                     .get(&token)
                     .and_then(|c| c.result.as_ref())
-                    .map_or((0, 0), |r| (r.headers.len(), r.body.len()));
+                    .map_or((0, 0), |r| (r.headers.len(), r.body_size()));
                 let root_id = self.ctx().roots.get(root).map_or(0, |r| r.id);
                 self.vm.call(
                     cur,
@@ -1830,7 +1830,7 @@ impl Host {
         if live {
             let (nh, bl) = result
                 .as_ref()
-                .map_or((0, 0), |r| (r.headers.len(), r.body.len()));
+                .map_or((0, 0), |r| (r.headers.len(), r.body_size()));
             if let Some(r) = self.ctx_mut().roots.get_mut(root) {
                 r.step = Step::DispatchResponse;
                 r.dispatch_call = Some(token);

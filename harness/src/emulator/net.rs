@@ -61,6 +61,11 @@ pub(crate) struct CallResult {
     pub status_code: u16,
     pub headers: HeaderList,
     pub body: Vec<u8>,
+    /// Set when the read timed out after the head and part of a
+    /// `Content-Length` body: the bytes received. The host then reports this
+    /// length as `body_size` but keeps no body buffer, so reading the call
+    /// response body answers BadArgument.
+    pub partial_body: Option<usize>,
 }
 
 impl CallResult {
@@ -71,7 +76,14 @@ impl CallResult {
             status_code: 0,
             headers: HeaderList::new(),
             body: Vec::new(),
+            partial_body: None,
         }
+    }
+
+    /// The `body_size` argument of `on_http_call_response`
+    /// (`http_reader.body_len`).
+    pub fn body_size(&self) -> usize {
+        self.partial_body.unwrap_or(self.body.len())
     }
 }
 
@@ -493,6 +505,23 @@ fn run_dispatch(req: &DispatchRequest, tls: &TlsSettings, cancel: Arc<AtomicBool
             status_code: resp.status,
             headers: resp.headers,
             body: resp.body,
+            partial_body: None,
+        },
+        // Seen on a real build: the status line and headers were parsed and
+        // part of the body buffered when the read timed out. The host still
+        // gives the head to the filter (`:status`, `:dispatch_status:
+        // timeout`) and the partial length, without a readable body.
+        Err(ReadFail::BodyTimeout {
+            status,
+            headers,
+            received,
+        }) => CallResult {
+            status: SockStatus::Timeout,
+            error: format!("tcp socket - timed out reading from \"{target}\""),
+            status_code: status,
+            headers,
+            body: Vec::new(),
+            partial_body: Some(received),
         },
         Err(ReadFail::Timeout) => CallResult::failed(
             SockStatus::Timeout,
@@ -520,6 +549,13 @@ fn os_error_text(e: &io::Error) -> String {
 
 enum ReadFail {
     Timeout,
+    /// Timed out after the head and at least one byte of a
+    /// `Content-Length` body.
+    BodyTimeout {
+        status: u16,
+        headers: HeaderList,
+        received: usize,
+    },
     Parse,
     Closed,
     Cancelled,
@@ -603,6 +639,13 @@ fn read_response(
         while rest.len() < len {
             match conn.read_some(&mut tmp, timeout) {
                 Ok(n) => rest.extend_from_slice(tmp.get(..n).unwrap_or_default()),
+                Err(IoFail::Timeout) if !rest.is_empty() => {
+                    return Err(ReadFail::BodyTimeout {
+                        status,
+                        headers,
+                        received: rest.len(),
+                    })
+                }
                 Err(IoFail::Timeout) => return Err(ReadFail::Timeout),
                 Err(IoFail::Cancelled) => return Err(ReadFail::Cancelled),
                 Err(_) => return Err(ReadFail::Closed),
@@ -795,7 +838,7 @@ fn run_upstream(
             ),
         })?;
     let resp = read_response(&mut conn, req.read_timeout, true, req.head_request).map_err(|e| match e {
-        ReadFail::Timeout => fail(504, "upstream timed out while reading response header from upstream".into()),
+        ReadFail::Timeout | ReadFail::BodyTimeout { .. } => fail(504, "upstream timed out while reading response header from upstream".into()),
         ReadFail::Parse => fail(502, "upstream sent invalid header while reading response header from upstream".into()),
         ReadFail::Closed | ReadFail::Cancelled => {
             fail(502, "upstream prematurely closed connection while reading response header from upstream".into())
