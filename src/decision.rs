@@ -20,6 +20,13 @@ pub struct CallResult<'a> {
     pub body: &'a [u8],
 }
 
+/// Whether the host's `:dispatch_status` says the call completed (`ok`, or
+/// absent on hosts that do not send it). Anything else (`timeout`, `broken
+/// connection`, ...) is a failed call even if a `:status` was read.
+pub fn dispatch_ok(dispatch_status: Option<&str>) -> bool {
+    dispatch_status.is_none_or(|d| d.trim().eq_ignore_ascii_case("ok"))
+}
+
 /// Steps common to both sideband replies, in the Lua plugin's order: transport
 /// failure, 429, JSON, 4xx (413 relayed), 5xx. Returns the reply's members.
 pub fn check_reply(
@@ -28,7 +35,7 @@ pub fn check_reply(
     r: CallResult<'_>,
     now: SystemTime,
 ) -> Result<Members, Failure> {
-    let Some(status) = r.status else {
+    let Some(status) = r.status.filter(|_| dispatch_ok(r.dispatch_status)) else {
         return Err(Failure::Unreachable {
             call,
             target: target.to_string(),
@@ -525,6 +532,29 @@ pub fn escape_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_call_the_host_says_failed_is_unreachable_even_with_a_status() {
+        let r = CallResult {
+            status: Some(200),
+            dispatch_status: Some("timeout"),
+            retry_after: None,
+            body: b"{\"method\":\"GET\"",
+        };
+        let e = check_reply(Call::Request, "pdp:443", r, SystemTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(
+            e,
+            Failure::Unreachable {
+                call: Call::Request,
+                target: "pdp:443".into(),
+                detail: "timeout".into()
+            }
+        );
+        assert_eq!(e.reply().status, 502);
+        assert!(
+            dispatch_ok(None) && dispatch_ok(Some("ok")) && !dispatch_ok(Some("broken connection"))
+        );
+    }
     use super::*;
     use crate::failure::Failure;
 
@@ -744,7 +774,7 @@ mod tests {
                 "pdp:1",
                 CallResult {
                     status,
-                    dispatch_status: Some("timeout"),
+                    dispatch_status: Some(if status.is_some() { "ok" } else { "timeout" }),
                     retry_after: None,
                     body,
                 },

@@ -129,6 +129,62 @@ fn case36_unreachable_is_502_rec() {
     env.send(get("/")); // keep env alive to here
 }
 
+/// A policy server that sends its status line, headers and part of the body,
+/// then stalls: seen on a real build of Kong's host, the read times out, the
+/// host still calls `on_http_call_response` with the headers and the partial
+/// body size, and then refuses the body (`BadArgument`). The SDK's getter
+/// panicked there, and the trap let the request through (200 from the
+/// upstream). It must be a timeout: 502, upstream never called, no trap.
+#[test]
+fn policy_reply_that_stalls_mid_body_is_a_timeout_not_a_trap() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 65536];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"method\":\"GET\"",
+            );
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+    });
+    for hook in [false, true] {
+        let env = Env::new(allow_all, json!({}));
+        let (mut emu, chain) = emulator(
+            HostOptions::default(),
+            service(env.upstream.addr().port()),
+            route(),
+            config(
+                port,
+                json!({"connection_timeout_ms": 300, "enable_response_hook": hook}),
+            )
+            .to_string()
+            .into_bytes(),
+        );
+        let resp = emu.send(chain, get("/"));
+        assert!(!resp.trapped, "hook {hook}: no trap");
+        assert_eq!(resp.status, 502, "hook {hook}");
+        assert!(
+            env.upstream.requests().is_empty(),
+            "hook {hook}: upstream never called"
+        );
+        assert!(
+            emu.logs()
+                .iter()
+                .any(|l| l.message.contains("Failed to send sideband request")
+                    && l.message.contains("timeout")),
+            "hook {hook}: {:?}",
+            emu.logs().iter().map(|l| &l.message).collect::<Vec<_>>()
+        );
+    }
+    server.join().unwrap();
+}
+
 #[test]
 fn case36_tls() {
     let pki = TestPki::generate().unwrap();

@@ -27,7 +27,7 @@ use crate::response_hook::{self, Context as HookContext, UpstreamResponse};
 use crate::slots::{self, HeaderFix};
 use crate::upstream::{self, Routing, Target};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -548,8 +548,7 @@ impl Http {
             return;
         }
         let body = if body_size > 0 {
-            self.get_http_call_response_body(0, body_size)
-                .unwrap_or_default()
+            host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -649,15 +648,19 @@ impl Context for Http {
         let map = host::header_map(Map::HttpCallResponseHeaders);
         let text =
             |name: &str| host::find(&map, name).map(|v| String::from_utf8_lossy(v).into_owned());
-        let status = text(":status").and_then(|s| s.trim().parse::<u16>().ok());
         let dispatch_status = text(":dispatch_status");
+        // A call the host reports as failed is failed, even with a `:status`
+        // (a read that timed out mid-body): its body is partial or gone.
+        let status = text(":status")
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .filter(|_| decision::dispatch_ok(dispatch_status.as_deref()));
+        let body_size = if status.is_some() { body_size } else { 0 };
         if self.stage == Stage::Upstream {
             self.on_upstream_response(status, dispatch_status.as_deref(), &map, body_size);
             return;
         }
         let body = if body_size > 0 {
-            self.get_http_call_response_body(0, body_size)
-                .unwrap_or_default()
+            host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -719,7 +722,7 @@ impl HttpContext for Http {
                 let body = if body_size == 0 {
                     Some(Vec::new())
                 } else {
-                    self.get_http_request_body(0, body_size)
+                    host::buffer(BufferType::HttpRequestBody, body_size)
                 };
                 if body.is_none() {
                     self.unread_body_size = body_size;

@@ -8,7 +8,7 @@ use crate::backoff::Backoff;
 use crate::config::{self, Config};
 use crate::failure::Level;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -30,7 +30,7 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = host::buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
         match config::parse(&bytes) {
             Ok(c) => {
                 announce(&c);
