@@ -78,10 +78,19 @@ pub fn buffer(buffer_type: BufferType, max: usize) -> Option<Vec<u8>> {
 /// A header map as `(name, value)` pairs, names as text (lossy), values raw.
 /// A malformed map from the host yields the pairs read so far.
 pub fn header_map(map_type: MapType) -> Vec<(String, Vec<u8>)> {
+    header_map_counted(map_type).0
+}
+
+/// [`header_map`] and the number of pairs the host declared. They differ
+/// when the host truncated the map: Kong's host sizes a truncated map's
+/// buffer for other pairs than it writes (`ngx_proxy_wasm_pairs_size` counts
+/// 100 list entries and one pseudo-header, the marshaller writes the 4
+/// pseudo-headers and 96 entries), so the last pairs arrive cut.
+pub fn header_map_counted(map_type: MapType) -> (Vec<(String, Vec<u8>)>, usize) {
     let Some(bytes) = raw::header_map_bytes(map_type) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    deserialize(&bytes)
+    (deserialize(&bytes), read_u32(&bytes, 0).unwrap_or(0))
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {

@@ -137,8 +137,8 @@ impl Http {
 
     /// Reads what the host knows about the client request.
     fn read_request(&mut self) -> Result<bool, Failure> {
-        let map = host::header_map(Map::HttpRequestHeaders);
-        if request::header_map_may_be_truncated(map.len()) {
+        let (map, declared) = host::header_map_counted(Map::HttpRequestHeaders);
+        if request::header_map_may_be_truncated(declared.max(map.len())) {
             return Err(Failure::TooManyHeaders {
                 visible: map.iter().filter(|(n, _)| !n.starts_with(':')).count(),
             });

@@ -330,12 +330,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
                 }
                 return Ok(BAD_ARGUMENT);
             };
+            let mut cut_to = None;
             if pairs.len() > 100 {
+                cut_to = Some(truncated_map_size(&pairs, 100));
                 pairs.truncate(100);
                 c.data_mut()
                     .host_log(LogLevel::Warn, "marshalled map truncated to 100 elements");
             }
-            let bytes = marshal(&pairs);
+            let mut bytes = marshal(&pairs);
+            if let Some(size) = cut_to {
+                // Seen on a real build: the filter gets the map cut to the
+                // size the host computed (the bytes past it are written
+                // beyond the buffer, which is not emulated).
+                bytes.truncate(size);
+            }
             Ok(match return_bytes(&mut c, &bytes, rbuf, rlen) {
                 OK => OK,
                 _ => INVALID_MEMORY_ACCESS,
@@ -1440,4 +1448,25 @@ fn define_metric(c: &mut C<'_>, kind: i32, name: &[u8], rid: i32) -> anyhow::Res
         return Ok(INVALID_MEMORY_ACCESS);
     }
     Ok(OK)
+}
+
+/// The buffer size Kong's host computes for a map it truncates to `max`
+/// pairs (`ngx_proxy_wasm_pairs_size`): the count, then up to `max` entries of
+/// nginx's list, then pseudo-headers until the running count reaches `max`
+/// (the first one always). The marshaller (`ngx_proxy_wasm_pairs_marshal`)
+/// writes the pseudo-headers first and list entries up to `max` in all, so
+/// what it writes and this size differ.
+fn truncated_map_size(pairs: &[(Vec<u8>, Vec<u8>)], max: usize) -> usize {
+    let entry = |(k, v): &(Vec<u8>, Vec<u8>)| 8 + k.len() + 1 + v.len() + 1;
+    let (extras, list): (Vec<_>, Vec<_>) =
+        pairs.iter().partition(|(k, _)| k.first() == Some(&b':'));
+    let listed = list.len().min(max);
+    let mut size = 4 + list.iter().take(listed).map(|p| entry(p)).sum::<usize>();
+    for (n, p) in (listed..).zip(extras) {
+        size += entry(p);
+        if n >= max {
+            break;
+        }
+    }
+    size
 }
