@@ -3,16 +3,19 @@
 //! The SDK's `get_*_headers_bytes` helpers `unwrap()` each header name as
 //! UTF-8, which would trap the instance (and every request of the worker) on
 //! one odd byte; [`header_map`] reads the same map with bounds checks instead.
+//! Buffers, header changes, properties, body changes and logging go through
+//! `raw`, which returns the host's status instead of panicking on one the SDK
+//! does not expect; local responses, dispatches (which the SDK's dispatcher
+//! must register) and resuming still use the SDK.
 
 use crate::failure::Level;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
 pub use proxy_wasm::types::MapType as Map;
 
 #[allow(unsafe_code)]
 mod raw {
-    use proxy_wasm::types::{BufferType, MapType, Status};
+    use proxy_wasm::types::{BufferType, MapType};
 
     #[link(wasm_import_module = "env")]
     extern "C" {
@@ -20,32 +23,157 @@ mod raw {
             map_type: MapType,
             return_map_data: *mut *mut u8,
             return_map_size: *mut usize,
-        ) -> Status;
+        ) -> u32;
         pub fn proxy_get_buffer_bytes(
             buffer_type: BufferType,
             start: usize,
             max_size: usize,
             return_buffer_data: *mut *mut u8,
             return_buffer_size: *mut usize,
-        ) -> Status;
+        ) -> u32;
+    }
+
+    // Declared here with a plain `u32` status: the SDK's wrappers panic (a
+    // trap) on any status but the few they expect, and an enum return type
+    // would be undefined behaviour for a status outside it.
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_replace_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_remove_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+        ) -> u32;
+        pub fn proxy_add_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_set_buffer_bytes(
+            buffer_type: BufferType,
+            start: usize,
+            size: usize,
+            buffer_data: *const u8,
+            buffer_size: usize,
+        ) -> u32;
+        pub fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    }
+
+    pub const OK: u32 = 0;
+    pub const NOT_FOUND: u32 = 1;
+
+    /// `Ok(())` or the host's status code.
+    fn status(code: u32) -> Result<(), u32> {
+        if code == OK {
+            Ok(())
+        } else {
+            Err(code)
+        }
+    }
+
+    /// Replaces (`Some`) or removes (`None`) a header.
+    pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> Result<(), u32> {
+        // SAFETY: the pointers and sizes describe live slices for the call.
+        let code = unsafe {
+            match value {
+                Some(v) => proxy_replace_header_map_value(
+                    map,
+                    name.as_ptr(),
+                    name.len(),
+                    v.as_ptr(),
+                    v.len(),
+                ),
+                None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
+            }
+        };
+        status(code)
+    }
+
+    pub fn add_header(map: MapType, name: &str, value: &str) -> Result<(), u32> {
+        // SAFETY: as above.
+        status(unsafe {
+            proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+        })
+    }
+
+    /// Property paths are the segments joined by NUL (as the SDK sends them).
+    fn path_bytes(path: &[&str]) -> Vec<u8> {
+        path.join("\0").into_bytes()
+    }
+
+    pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
+        let path = path_bytes(path);
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: on success the host hands over `size` bytes allocated with
+        // `proxy_on_memory_allocate`, as for the header map.
+        unsafe {
+            match proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) {
+                OK if data.is_null() => Ok(None),
+                OK => Ok(Some(Vec::from_raw_parts(data, size, size))),
+                NOT_FOUND => Ok(None),
+                code => Err(code),
+            }
+        }
+    }
+
+    pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), u32> {
+        let path = path_bytes(path);
+        // SAFETY: the pointers and sizes describe live slices for the call.
+        status(unsafe {
+            proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len())
+        })
+    }
+
+    pub fn set_buffer(
+        buffer_type: BufferType,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> Result<(), u32> {
+        // SAFETY: as above.
+        status(unsafe {
+            proxy_set_buffer_bytes(buffer_type, start, size, value.as_ptr(), value.len())
+        })
+    }
+
+    pub fn log(level: u32, message: &str) {
+        // SAFETY: as above.
+        let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
     }
 
     /// The bytes of a host buffer, owned by us; the status when the host
     /// has none or refuses.
-    pub fn buffer_bytes(
-        buffer_type: BufferType,
-        start: usize,
-        max: usize,
-    ) -> Result<Vec<u8>, Status> {
+    pub fn buffer_bytes(buffer_type: BufferType, start: usize, max: usize) -> Result<Vec<u8>, u32> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
         // SAFETY: as for `header_map_bytes`: on success the host hands over
         // `size` bytes allocated with `proxy_on_memory_allocate`.
         unsafe {
             match proxy_get_buffer_bytes(buffer_type, start, max, &mut data, &mut size) {
-                Status::Ok if data.is_null() => Err(Status::NotFound),
-                Status::Ok => Ok(Vec::from_raw_parts(data, size, size)),
-                status => Err(status),
+                OK if data.is_null() => Err(NOT_FOUND),
+                OK => Ok(Vec::from_raw_parts(data, size, size)),
+                code => Err(code),
             }
         }
     }
@@ -59,7 +187,7 @@ mod raw {
         // exactly `size` bytes), whose ownership passes to us.
         unsafe {
             match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
-                Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+                OK if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
                 _ => None,
             }
         }
@@ -132,9 +260,20 @@ pub fn find<'a>(map: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// A property as bytes; `None` when the host does not have it.
+/// A property as bytes; `None` when the host does not have it or refuses
+/// (logged at debug level: some hosts refuse unknown namespaces).
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    raw::property(path).unwrap_or_else(|code| {
+        log(
+            Level::Debug,
+            &format!(
+                "the host refused property '{}' ({})",
+                path.join("."),
+                code_name(code)
+            ),
+        );
+        None
+    })
 }
 
 /// A property as text.
@@ -144,33 +283,31 @@ pub fn property_text(path: &[&str]) -> Option<String> {
 
 /// Sets a property; false when the host refused.
 pub fn set_property(path: &[&str], value: &[u8]) -> bool {
-    hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
+    raw::set_property(path, value).is_ok()
 }
 
 /// Sets (`Some`) or removes (`None`) a header; a refusal by the host is
-/// logged instead of trapping (the SDK's setters `unwrap` the status).
+/// logged, never a trap (the SDK's setters panic on any status but `Ok`).
 pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
-    if let Err(status) = hostcalls::set_map_value(map, name, value) {
+    if let Err(code) = raw::set_header(map, name, value) {
         log(
             Level::Warn,
             &format!(
                 "the host refused to set header '{name}' ({})",
-                status_name(status)
+                code_name(code)
             ),
         );
     }
 }
 
-/// Adds a header value; nginx keeps one entry for some headers
-/// (`Content-Type`, `User-Agent`, `Host`...) and refuses a second: that is
-/// logged, not a trap.
+/// Adds a header value; a refusal is logged, not a trap.
 pub fn add_header(map: MapType, name: &str, value: &str) {
-    if let Err(status) = hostcalls::add_map_value(map, name, value) {
+    if let Err(code) = raw::add_header(map, name, value) {
         log(
             Level::Warn,
             &format!(
-                "the host refused another value for header '{name}' ({}); it keeps one value for this header",
-                status_name(status)
+                "the host refused another value for header '{name}' ({})",
+                code_name(code)
             ),
         );
     }
@@ -178,20 +315,21 @@ pub fn add_header(map: MapType, name: &str, value: &str) {
 
 /// Drops `size` bytes of the current response-body chunk from `start`
 /// (`set_http_response_body(start, size, "")`); a refusal is logged, not a
-/// trap (the SDK's setter `unwrap`s the status).
+/// trap.
 pub fn set_response_body(start: usize, size: usize) {
-    if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, &[]) {
+    if let Err(code) = raw::set_buffer(BufferType::HttpResponseBody, start, size, &[]) {
         log(
             Level::Error,
             &format!(
                 "the host refused to change the response body ({})",
-                status_name(status)
+                code_name(code)
             ),
         );
     }
 }
 
-/// Writes a log line at the given level.
+/// Writes a log line at the given level (proxy-wasm levels: debug 1, info
+/// 2, warn 3, error 4).
 pub fn log(level: Level, message: &str) {
     let level = match level {
         Level::Debug => LogLevel::Debug,
@@ -199,7 +337,22 @@ pub fn log(level: Level, message: &str) {
         Level::Warn => LogLevel::Warn,
         Level::Error => LogLevel::Error,
     };
-    let _ = hostcalls::log(level, message);
+    raw::log(level as u32, message);
+}
+
+/// Names a host status code for log lines.
+fn code_name(code: u32) -> String {
+    match code {
+        1 => "NotFound".into(),
+        2 => "BadArgument".into(),
+        3 => "SerializationFailure".into(),
+        4 => "ParseFailure".into(),
+        7 => "Empty".into(),
+        8 => "CasMismatch".into(),
+        10 => "InternalFailure".into(),
+        12 => "Unimplemented".into(),
+        other => format!("status {other}"),
+    }
 }
 
 /// Describes a host status for log lines.
