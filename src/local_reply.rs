@@ -19,7 +19,7 @@
 //! `on_http_response_body` without emptying the host's buffer.
 
 use crate::reply::Reply;
-use crate::slots::{response_single_slot as single_slot, HeaderFix};
+use crate::slots::{only_once_warning, response_single_slot as single_slot, HeaderFix};
 
 /// How one reply is delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +65,7 @@ impl Plan {
                 continue;
             }
             if single_slot(name) {
-                warnings.push(format!(
-                    "the reply has {} values for response header '{name}', which Kong's Wasm \
-                     host can send only once; the client gets the last one",
-                    values.len()
-                ));
+                warnings.push(only_once_warning("response", name, values.len(), "client"));
                 continue;
             }
             header_fixes.push(HeaderFix::Remove(name.to_string()));

@@ -84,6 +84,15 @@ pub fn request_single_slot(name: &str) -> bool {
     listed(REQUEST, name)
 }
 
+/// The warning for `count` values of a single-slot header `name` (`side`:
+/// "request" or "response", `receiver`: who gets the last value).
+pub fn only_once_warning(side: &str, name: &str, count: usize, receiver: &str) -> String {
+    format!(
+        "the policy gave {count} values for {side} header '{name}', which Kong's Wasm host can \
+         send only once; the {receiver} gets the last one"
+    )
+}
+
 /// The host operations that apply the policy's header changes to the request
 /// the host proxies itself (response hook off), given the client's headers
 /// (`sent`, lower-case names), and a warning for each change the host can
@@ -132,11 +141,7 @@ pub fn request_changes(ops: &[HeaderOp], sent: &[Header]) -> (Vec<HeaderFix>, Ve
             }
             [.., last] if request_single_slot(name) => {
                 if values.len() > 1 {
-                    warnings.push(format!(
-                        "the policy gave {} values for request header '{name}', which Kong's Wasm \
-                         host can send only once; the upstream gets the last one",
-                        values.len()
-                    ));
+                    warnings.push(only_once_warning("request", name, values.len(), "upstream"));
                 }
                 fixes.push(HeaderFix::Set(name.to_string(), last.clone()));
             }

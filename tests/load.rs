@@ -161,7 +161,7 @@ fn start(hook: bool) -> Run {
         route(),
         cfg.to_string().into_bytes(),
     );
-    let gateway = Gateway::start(emu, chain, "127.0.0.1:0", Some(8000), None).unwrap();
+    let gateway = Gateway::start(emu, chain, "127.0.0.1:0", 8000, None).unwrap();
     Run {
         gateway,
         pdp,

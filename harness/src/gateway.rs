@@ -49,7 +49,7 @@ impl Gateway {
         emu: Emulator,
         chain: ChainId,
         listen: &str,
-        server_port: Option<u16>,
+        server_port: u16,
         logs: Option<LogSink>,
     ) -> std::io::Result<Gateway> {
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -57,19 +57,13 @@ impl Gateway {
             .name("gateway-worker".into())
             .spawn(move || run_worker(emu, chain, rx, logs))?;
         let handler_tx = Mutex::new(tx.clone());
-        let port = Arc::new(Mutex::new(server_port));
-        let handler_port = Arc::clone(&port);
         let handler: http::Handler = Arc::new(move |req: http::Request| {
-            let listener_port = handler_port.lock().ok().and_then(|p| *p).unwrap_or(8000);
             let (reply_tx, reply_rx) = mpsc::channel();
             let sent = handler_tx
                 .lock()
                 .map(|tx| {
-                    tx.send(Msg::Request(
-                        to_client_request(req, listener_port),
-                        reply_tx,
-                    ))
-                    .is_ok()
+                    tx.send(Msg::Request(to_client_request(req, server_port), reply_tx))
+                        .is_ok()
                 })
                 .unwrap_or(false);
             if !sent {
@@ -81,9 +75,6 @@ impl Gateway {
             }
         });
         let server = http::Server::start(listen, None, handler)?;
-        if let Ok(mut p) = port.lock() {
-            p.get_or_insert(server.addr().port());
-        }
         Ok(Gateway {
             server: Some(server),
             tx: Mutex::new(tx),

@@ -17,6 +17,9 @@ pub use proxy_wasm::types::MapType as Map;
 mod raw {
     use proxy_wasm::types::{BufferType, MapType};
 
+    // Declared here with a plain `u32` status: the SDK's wrappers panic (a
+    // trap) on any status but the few they expect, and an enum return type
+    // would be undefined behaviour for a status outside it.
     #[link(wasm_import_module = "env")]
     extern "C" {
         pub fn proxy_get_header_map_pairs(
@@ -31,13 +34,6 @@ mod raw {
             return_buffer_data: *mut *mut u8,
             return_buffer_size: *mut usize,
         ) -> u32;
-    }
-
-    // Declared here with a plain `u32` status: the SDK's wrappers panic (a
-    // trap) on any status but the few they expect, and an enum return type
-    // would be undefined behaviour for a status outside it.
-    #[link(wasm_import_module = "env")]
-    extern "C" {
         pub fn proxy_replace_header_map_value(
             map_type: MapType,
             key_data: *const u8,
@@ -121,19 +117,32 @@ mod raw {
         path.join("\0").into_bytes()
     }
 
-    pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
-        let path = path_bytes(path);
+    /// Calls a host function that returns bytes through two out-pointers
+    /// and takes ownership of them: `Ok(None)` when the host returned none,
+    /// the status code when it refused.
+    fn take(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, u32> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
-        // SAFETY: on success the host hands over `size` bytes allocated with
-        // `proxy_on_memory_allocate`, as for the header map.
-        unsafe {
-            match proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) {
-                OK if data.is_null() => Ok(None),
-                OK => Ok(Some(Vec::from_raw_parts(data, size, size))),
-                NOT_FOUND => Ok(None),
-                code => Err(code),
-            }
+        match call(&mut data, &mut size) {
+            OK if data.is_null() => Ok(None),
+            // SAFETY: on success the host wrote a pointer to `size` bytes it
+            // allocated with this module's `proxy_on_memory_allocate` (a
+            // `Vec<u8>` allocation of exactly `size` bytes), whose ownership
+            // passes to us.
+            OK => Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) })),
+            code => Err(code),
+        }
+    }
+
+    pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
+        let path = path_bytes(path);
+        // SAFETY: the path slice lives for the call; the out-pointers are
+        // `take`'s locals.
+        match take(|data, size| unsafe {
+            proxy_get_property(path.as_ptr(), path.len(), data, size)
+        }) {
+            Err(NOT_FOUND) => Ok(None),
+            other => other,
         }
     }
 
@@ -162,35 +171,20 @@ mod raw {
         let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
     }
 
-    /// The bytes of a host buffer, owned by us; the status when the host
-    /// has none or refuses.
-    pub fn buffer_bytes(buffer_type: BufferType, start: usize, max: usize) -> Result<Vec<u8>, u32> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: as for `header_map_bytes`: on success the host hands over
-        // `size` bytes allocated with `proxy_on_memory_allocate`.
-        unsafe {
-            match proxy_get_buffer_bytes(buffer_type, start, max, &mut data, &mut size) {
-                OK if data.is_null() => Err(NOT_FOUND),
-                OK => Ok(Vec::from_raw_parts(data, size, size)),
-                code => Err(code),
-            }
-        }
+    /// The bytes of a host buffer; `None` when the host has none or refuses.
+    pub fn buffer_bytes(buffer_type: BufferType, max: usize) -> Option<Vec<u8>> {
+        // SAFETY: the out-pointers are `take`'s locals.
+        take(|data, size| unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, data, size) })
+            .ok()
+            .flatten()
     }
 
-    /// The serialized map the host returns, owned by us.
+    /// The serialized map the host returns; `None` when it refuses.
     pub fn header_map_bytes(map_type: MapType) -> Option<Vec<u8>> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer to `size` bytes it allocated with
-        // this module's `proxy_on_memory_allocate` (a `Vec<u8>` allocation of
-        // exactly `size` bytes), whose ownership passes to us.
-        unsafe {
-            match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
-                OK if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
-                _ => None,
-            }
-        }
+        // SAFETY: the out-pointers are `take`'s locals.
+        take(|data, size| unsafe { proxy_get_header_map_pairs(map_type, data, size) })
+            .ok()
+            .flatten()
     }
 }
 
@@ -200,7 +194,15 @@ mod raw {
 /// real build under load), and a trap there is fail-open for the worker's
 /// waiting requests. `None` when the host has no such buffer.
 pub fn buffer(buffer_type: BufferType, max: usize) -> Option<Vec<u8>> {
-    raw::buffer_bytes(buffer_type, 0, max).ok()
+    raw::buffer_bytes(buffer_type, max)
+}
+
+/// The body of a dispatch's response (empty when there is none).
+pub fn call_response_body(size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    buffer(BufferType::HttpCallResponseBody, size).unwrap_or_default()
 }
 
 /// A header map as `(name, value)` pairs, names as text (lossy), values raw.
@@ -357,5 +359,5 @@ fn code_name(code: u32) -> String {
 
 /// Describes a host status for log lines.
 pub fn status_name(s: Status) -> String {
-    format!("{s:?}")
+    code_name(s as u32)
 }

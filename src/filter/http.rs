@@ -547,11 +547,7 @@ impl Http {
             });
             return;
         }
-        let body = if body_size > 0 {
-            host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let body = host::call_response_body(body_size);
         let upstream = UpstreamResponse {
             status,
             headers: map
@@ -659,11 +655,7 @@ impl Context for Http {
             self.on_upstream_response(status, dispatch_status.as_deref(), &map, body_size);
             return;
         }
-        let body = if body_size > 0 {
-            host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let body = host::call_response_body(body_size);
         if self.debug_enabled() {
             let headers: Vec<(String, String)> = map
                 .iter()

@@ -70,8 +70,8 @@ pub fn run(
     let chain = emu
         .add_chain(service, route, vec![FilterEntry::new("ping_auth", config)])
         .map_err(|e| anyhow::anyhow!("configuring {}: {e}", sc.key))?;
-    let gateway = Gateway::start(emu, chain, "127.0.0.1:0", Some(8000), None)
-        .context("starting the gateway")?;
+    let gateway =
+        Gateway::start(emu, chain, "127.0.0.1:0", 8000, None).context("starting the gateway")?;
     let addr = gateway.addr();
     let began = Instant::now();
     let workers: Vec<_> = (0..clients)

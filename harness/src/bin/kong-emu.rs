@@ -217,7 +217,7 @@ fn run() -> Result<()> {
         emu,
         chain,
         &args.listen,
-        Some(port),
+        port,
         Some(Box::new(move |logs| print_logs(logs, min, &sink_filter))),
     )
     .with_context(|| format!("cannot listen on {}", args.listen))?;
