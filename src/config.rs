@@ -7,17 +7,13 @@
 //! The first seven fields are the Lua `ping-auth` 1.2.0 fields with the same
 //! names, types and defaults, so an existing plugin configuration works as is.
 
+use crate::failure::Call;
+use crate::http::is_token;
+use crate::protocol::Endpoint;
+pub use crate::url::URL_PATTERN;
+use crate::url::{parse_url, Url};
 use serde_json::{Map, Value};
 use std::fmt;
-
-/// The JSON Schema `pattern` both schemas use for URL fields. [`parse_url`]
-/// accepts exactly the strings this pattern accepts (the schema fixtures test it).
-pub const URL_PATTERN: &str = concat!(
-    r"^[Hh][Tt][Tt][Pp][Ss]?://",
-    r"([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])",
-    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?",
-    r#"([/?][!"$-~]*)?$(?!\n)"#
-);
 
 /// The value kind of a configuration field and its bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,65 +178,6 @@ pub const FIELDS: &[FieldSpec] = &[
     },
 ];
 
-/// Scheme of a URL field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-    pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
-}
-
-/// A parsed `http(s)://host[:port][/path][?query]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub scheme: Scheme,
-    /// Lower-cased host name, or an IPv6 literal with its brackets.
-    pub host: String,
-    /// Explicit port, or the scheme's default.
-    pub port: u16,
-    /// Raw path, `/` when absent.
-    pub path: String,
-    /// Raw query without `?`; empty when absent.
-    pub query: String,
-}
-
-impl Url {
-    /// `host:port`: the dispatch target and the `Host` header (port always shown, as in Lua).
-    pub fn authority(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-
-    /// Path (and query) of a sideband endpoint: the service path, a `/` if it
-    /// does not end with one, then `sideband/<endpoint>`, then the service query.
-    pub fn sideband_path(&self, endpoint: &str) -> String {
-        let mut p = self.path.clone();
-        if !p.ends_with('/') {
-            p.push('/');
-        }
-        p.push_str("sideband/");
-        p.push_str(endpoint);
-        if !self.query.is_empty() {
-            p.push('?');
-            p.push_str(&self.query);
-        }
-        p
-    }
-}
-
 /// A string that never prints its value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -274,6 +211,52 @@ pub struct Config {
     pub upstream_url: Option<Url>,
     pub upstream_timeout_ms: Option<u32>,
     pub max_response_body_bytes: usize,
+    /// Compiled from the above once, for every request: `host:port` of the
+    /// policy server (the dispatch target) and the two endpoints.
+    pub sideband_authority: String,
+    pub request_endpoint: Endpoint,
+    pub response_endpoint: Endpoint,
+}
+
+impl Config {
+    /// The lines `on_configure` logs: what applies, and the Lua options this
+    /// host cannot honour per filter. Never the secret.
+    pub fn announcement(&self) -> Vec<(log::Level, String)> {
+        let mut lines = vec![(
+            log::Level::Info,
+            format!(
+                "configured: sideband {}://{}{}, timeout {} ms, response hook {}; \
+                 connection_keepAlive_ms is not applied (the host opens one connection per call); \
+                 sideband TLS verification follows the host's global wasm TLS settings",
+                self.service_url.scheme.as_str(),
+                self.sideband_authority,
+                self.request_endpoint.path,
+                self.connection_timeout_ms,
+                if self.enable_response_hook {
+                    "on"
+                } else {
+                    "off"
+                },
+            ),
+        )];
+        if self.shared_secret.expose().starts_with("{vault://") {
+            lines.push((
+                log::Level::Warn,
+                "shared_secret is an unresolved Kong vault reference ({vault://...}); the host passed \
+                 it as is, so the policy provider will receive it literally and refuse it"
+                    .into(),
+            ));
+        }
+        if !self.verify_service_certificate {
+            lines.push((
+                log::Level::Warn,
+                "verify_service_certificate=false is not applied per filter: Kong verifies sideband \
+                 certificates unless nginx_wasm_tls_verify_cert/nginx_wasm_tls_verify_host are off"
+                    .into(),
+            ));
+        }
+        lines
+    }
 }
 
 /// Why a configuration was refused: the field (if one is at fault) and the reason.
@@ -376,7 +359,12 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
             .unwrap_or(false)
     };
     let to_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    let endpoint = |call| Endpoint::new(&service_url, call, &secret_header_name, &shared_secret);
+    let (request_endpoint, response_endpoint) = (endpoint(Call::Request), endpoint(Call::Response));
     Ok(Config {
+        sideband_authority: service_url.authority(),
+        request_endpoint,
+        response_endpoint,
         service_url,
         shared_secret: Secret::new(shared_secret),
         secret_header_name,
@@ -440,123 +428,6 @@ fn check_fields(obj: &Map<String, Value>) -> Result<Map<String, Value>, ConfigEr
     Ok(present)
 }
 
-/// True for an RFC 9110 token (a valid header name).
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Parses a URL field. Accepts exactly what [`URL_PATTERN`] accepts; the error
-/// messages for scheme and host are the Lua plugin's.
-pub fn parse_url(raw: &str) -> Result<Url, String> {
-    let (scheme, rest) = match raw.find("://") {
-        Some(i) => (raw.get(..i).unwrap_or(""), raw.get(i + 3..).unwrap_or("")),
-        None => {
-            return Err(if raw.to_ascii_lowercase().starts_with("http") {
-                "URL must start with http:// or https://".into()
-            } else {
-                "URL scheme must be either 'http' or 'https'".into()
-            })
-        }
-    };
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        _ => return Err("URL scheme must be either 'http' or 'https'".into()),
-    };
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = rest.get(..auth_end).unwrap_or("");
-    let tail = rest.get(auth_end..).unwrap_or("");
-    if authority.is_empty() {
-        return Err("URL host cannot be blank".into());
-    }
-    if authority.contains('@') {
-        return Err("URL must not contain credentials (user@host)".into());
-    }
-    let (host, port) = split_host_port(authority)?;
-    if tail.contains('#') {
-        return Err("URL must not contain a fragment (#)".into());
-    }
-    if !tail.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(
-            "URL path and query must be printable ASCII without spaces (percent-encode other characters)".into(),
-        );
-    }
-    let (path, query) = match tail.find('?') {
-        Some(i) => (tail.get(..i).unwrap_or(""), tail.get(i + 1..).unwrap_or("")),
-        None => (tail, ""),
-    };
-    Ok(Url {
-        scheme,
-        host: host.to_ascii_lowercase(),
-        port: port.unwrap_or(scheme.default_port()),
-        path: if path.is_empty() {
-            "/".into()
-        } else {
-            path.into()
-        },
-        query: query.into(),
-    })
-}
-
-fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if authority.starts_with('[') {
-        let close = authority
-            .find(']')
-            .ok_or_else(|| "URL host has an unterminated IPv6 literal".to_string())?;
-        let host = authority.get(..=close).unwrap_or("");
-        let inner = host.get(1..host.len().saturating_sub(1)).unwrap_or("");
-        if inner.is_empty()
-            || !inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return Err("URL host is not a valid IPv6 literal".into());
-        }
-        match authority.get(close + 1..).unwrap_or("") {
-            "" => (host, None),
-            p => match p.strip_prefix(':') {
-                Some(p) => (host, Some(p)),
-                None => return Err("URL host is followed by garbage".into()),
-            },
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("URL host cannot be blank".into());
-    }
-    if !host.starts_with('[')
-        && !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
-    {
-        return Err("URL host may contain only letters, digits, '.', '-', '_' and '~'".into());
-    }
-    let port = match port {
-        None => None,
-        Some(p) => {
-            let valid = !p.is_empty()
-                && p.len() <= 5
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && !p.starts_with('0');
-            match p.parse::<u16>() {
-                Ok(n) if valid && n > 0 => Some(n),
-                _ => {
-                    return Err(format!(
-                        "URL port must be a number from 1 to 65535, got '{p}'"
-                    ))
-                }
-            }
-        }
-    };
-    Ok((host, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,43 +481,6 @@ mod tests {
                 .connection_timeout_ms,
             30000
         );
-    }
-
-    #[test]
-    fn url_messages_match_lua() {
-        assert_eq!(
-            parse_url("ftp://x").unwrap_err(),
-            "URL scheme must be either 'http' or 'https'"
-        );
-        assert_eq!(
-            parse_url("http://").unwrap_err(),
-            "URL host cannot be blank"
-        );
-        let u = parse_url("HTTPS://PDP").unwrap();
-        assert_eq!(
-            (u.scheme, u.host.as_str(), u.port),
-            (Scheme::Https, "pdp", 443)
-        );
-        assert!(parse_url("https:/paz").is_err());
-        assert!(parse_url("https://u:p@paz").is_err());
-        assert!(parse_url("https://paz:0").is_err());
-        assert!(parse_url("https://paz:65536").is_err());
-        assert!(parse_url("https://paz:").is_err());
-        assert_eq!(
-            parse_url("http://[::1]:9000/x").unwrap().authority(),
-            "[::1]:9000"
-        );
-    }
-
-    #[test]
-    fn sideband_path_join() {
-        let p = |u: &str| parse_url(u).unwrap().sideband_path("request");
-        assert_eq!(p("https://h:8443"), "/sideband/request");
-        assert_eq!(p("https://h:8443/"), "/sideband/request");
-        assert_eq!(p("https://h/base"), "/base/sideband/request");
-        assert_eq!(p("https://h/base/"), "/base/sideband/request");
-        assert_eq!(p("https://h//x"), "//x/sideband/request");
-        assert_eq!(p("https://h/base?x=1"), "/base/sideband/request?x=1");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! depth, so the `request` of a response call too), and bodies are cut to
 //! [`DEBUG_BODY_LIMIT`] bytes.
 
-use crate::json;
+use crate::protocol::json;
 use serde_json::Value;
 
 /// Bytes of a JSON body shown in a debug dump.

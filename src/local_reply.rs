@@ -18,7 +18,7 @@
 //! replies too), and [`BodyCut`] where to cut the appended byte in
 //! `on_http_response_body` without emptying the host's buffer.
 
-use crate::reply::Reply;
+use crate::http::Reply;
 use crate::slots::{only_once_warning, response_single_slot as single_slot, HeaderFix};
 
 /// How one reply is delivered.

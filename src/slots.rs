@@ -10,8 +10,8 @@
 //! lost; a *set* (replace) works. Such a header also cannot carry a second
 //! value.
 
-use crate::decision::HeaderOp;
-use crate::request::Header;
+use crate::http::Header;
+use crate::protocol::decision::HeaderOp;
 
 /// A change to a header map.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,11 @@
 //! properties the `upstream_url` setting gives protocol, host and port, and
 //! the client's own path, query and Host are used.
 
-use crate::config::{Scheme, Url};
-use crate::decision::Directives;
+use crate::http::Header;
+use crate::protocol::decision::Directives;
+use crate::protocol::request::ClientRequest;
+use crate::protocol::response_hook::is_hop_by_hop;
+use crate::url::{Scheme, Url};
 use serde_json::Value;
 
 /// Used when neither the configuration nor the Kong service gives a timeout.
@@ -144,10 +147,75 @@ pub fn rewrite(path_and_query: &str, host: &str, d: &Directives) -> (String, Str
     (target, d.host.clone().unwrap_or_else(|| host.to_string()))
 }
 
+/// The headers of the response hook's own upstream call: the client's
+/// headers with the policy's changes, without hop-by-hop headers, `Host` and
+/// `Content-Length` (the host sets both), and with the `X-Forwarded-*` and
+/// `X-Real-IP` headers Kong would send (a client's `X-Forwarded-For` is
+/// extended, its other `X-Forwarded-*` are replaced).
+pub fn request_headers(all: &[Header], d: &Directives, client: &ClientRequest) -> Vec<Header> {
+    let mut headers = all.to_vec();
+    d.apply_headers(&mut headers);
+    headers.retain(|h| !is_hop_by_hop(&h.name) && h.name != "host" && h.name != "content-length");
+    let forwarded_for = match headers.iter().find(|h| h.name == "x-forwarded-for") {
+        Some(h) => format!(
+            "{}, {}",
+            String::from_utf8_lossy(&h.value),
+            client.source_ip
+        ),
+        None => client.source_ip.clone(),
+    };
+    headers.retain(|h| !h.name.starts_with("x-forwarded-") && h.name != "x-real-ip");
+    for (name, value) in [
+        ("x-forwarded-for", forwarded_for),
+        ("x-forwarded-proto", client.scheme.clone()),
+        ("x-forwarded-host", client.host.clone()),
+        ("x-forwarded-port", client.port.clone()),
+        ("x-real-ip", client.source_ip.clone()),
+    ] {
+        headers.push(Header::new(name, value.into_bytes()));
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_url;
+    use crate::url::parse_url;
+
+    #[test]
+    fn upstream_headers_drop_hop_by_hop_and_add_forwarding() {
+        let all = vec![
+            Header::new("Host", "api"),
+            Header::new("Connection", "keep-alive"),
+            Header::new("Content-Length", "3"),
+            Header::new("X-Forwarded-For", "1.1.1.1"),
+            Header::new("X-Forwarded-Host", "spoofed"),
+            Header::new("Accept", "*/*"),
+        ];
+        let client = ClientRequest {
+            source_ip: "10.0.0.7".into(),
+            scheme: "https".into(),
+            host: "api".into(),
+            port: "443".into(),
+            ..ClientRequest::default()
+        };
+        let names: Vec<(String, String)> = request_headers(&all, &Directives::default(), &client)
+            .into_iter()
+            .map(|h| (h.name, String::from_utf8(h.value).unwrap()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("accept", "*/*"),
+            ("x-forwarded-for", "1.1.1.1, 10.0.0.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "10.0.0.7"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(names, want);
+    }
 
     #[test]
     fn kong_routing_wins() {

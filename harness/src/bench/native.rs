@@ -7,10 +7,11 @@ use super::stats::{summarize, Summary};
 use super::Counts;
 use crate::emulator::ClientRequest as EmuRequest;
 use anyhow::{anyhow, bail};
-use ping_auth::decision::{self, CallResult, RequestOutcome};
 use ping_auth::failure::Call;
-use ping_auth::request::{self, ClientRequest, Header, MAX_HEADERS};
-use ping_auth::response_hook::{self, Context, UpstreamResponse};
+use ping_auth::http::Header;
+use ping_auth::protocol::decision::{self, CallResult, RequestOutcome};
+use ping_auth::protocol::request::{self, ClientRequest, MAX_HEADERS};
+use ping_auth::protocol::response_hook::{self, Context, UpstreamResponse};
 use std::time::{Duration, Instant, SystemTime};
 
 /// An upstream answer as the host hands it over: header lines as received,
@@ -135,7 +136,8 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
     let started = Instant::now();
     let now = SystemTime::now();
     let req = client_request(&inputs.client);
-    let request_payload = req.payload();
+    let sent = req.payload()?;
+    let request_payload = sent.text().to_string();
     phases.payload = started.elapsed();
     let started = Instant::now();
     let members = decision::check_reply(
@@ -190,10 +192,10 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
     let url = request::url_bytes(&req.scheme, &req.host, &req.port, &req.path, &query);
     let context = match &directives.state {
         Some(raw) => Context::State(raw),
-        None => Context::Request(&request_payload),
+        None => Context::Request(&sent.json),
     };
     let response_payload =
-        response_hook::payload(method, &url, &upstream, &req.http_version, context);
+        response_hook::payload(method, &url, &upstream, &req.http_version, context)?;
     let members = decision::check_reply(
         Call::Response,
         &inputs.target,

@@ -2,11 +2,14 @@
 //! a `response` object is a deny; otherwise the reply is the request to
 //! forward, and its differences from what was sent become [`Directives`].
 
-use crate::backoff::parse_retry_after;
+use crate::failure::backoff::parse_retry_after;
 use crate::failure::{message_and_id, Call, Failure};
-use crate::json;
-use crate::reply::{self, member, Members, Reply};
-use crate::request::{ClientRequest, Header};
+use crate::http::{Header, Reply};
+use crate::protocol::json;
+use crate::protocol::reply::{self, member, Members};
+use crate::protocol::request::ClientRequest;
+use crate::url::{escape_path, parse_reply_url};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::time::SystemTime;
 
@@ -120,7 +123,7 @@ pub enum HeaderOp {
 
 /// The differences between the request the filter sent and the one the
 /// policy provider wants forwarded, in the Lua plugin's order of application.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Directives {
     pub header_ops: Vec<HeaderOp>,
     pub method: Option<String>,
@@ -137,7 +140,7 @@ pub struct Directives {
     /// One line per applied change, for debug logging.
     pub notes: Vec<String>,
     /// The raw JSON of `state`, kept byte for byte for the response hook.
-    pub state: Option<String>,
+    pub state: Option<Box<RawValue>>,
 }
 
 impl Directives {
@@ -168,7 +171,7 @@ impl Directives {
 }
 
 /// The outcome of a well-formed `/sideband/request` reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum RequestOutcome {
     Deny(Reply),
     Allow(Directives),
@@ -241,7 +244,25 @@ fn allow(
     notes: bool,
 ) -> Result<Directives, Failure> {
     let mut d = Directives::default();
+    header_changes(&mut d, members, sent, notes)?;
+    method_change(&mut d, members, sent, notes)?;
+    url_change(&mut d, members, sent, notes)?;
+    body_change(&mut d, members, sent, body_literal, notes)?;
+    warned_fields(&mut d, members, sent);
+    d.state = members
+        .get("state")
+        .filter(|raw| raw.get().trim() != "false")
+        .cloned();
+    Ok(d)
+}
 
+/// Headers: changed, removed by omission, added; Accept-Encoding always removed.
+fn header_changes(
+    d: &mut Directives,
+    members: &Members,
+    sent: &ClientRequest,
+    notes: bool,
+) -> Result<(), Failure> {
     // Headers (docs/sideband-protocol.md#header-changes): change, remove by omission,
     // add; Accept-Encoding always removed.
     let new_headers = match member(members, "headers") {
@@ -308,6 +329,16 @@ fn allow(
     d.header_ops
         .push(HeaderOp::Remove("accept-encoding".into()));
 
+    Ok(())
+}
+
+/// The method, if the policy changed it to one Kong can send.
+fn method_change(
+    d: &mut Directives,
+    members: &Members,
+    sent: &ClientRequest,
+    notes: bool,
+) -> Result<(), Failure> {
     // Method (docs/sideband-protocol.md#method-change).
     match member(members, "method") {
         Some(Value::String(m)) if m == sent.method => {}
@@ -333,6 +364,17 @@ fn allow(
         }
     }
 
+    Ok(())
+}
+
+/// The URL: host and port become the Host header, then path and query; a
+/// scheme change is only warned about.
+fn url_change(
+    d: &mut Directives,
+    members: &Members,
+    sent: &ClientRequest,
+    notes: bool,
+) -> Result<(), Failure> {
     // URL (docs/sideband-protocol.md#url-change): host/port → Host header, path,
     // query; scheme only warned.
     let sent_url = json::text(&sent.url()).into_owned();
@@ -381,6 +423,17 @@ fn allow(
         }
     }
 
+    Ok(())
+}
+
+/// The body: an echo keeps it; omission clears a non-empty body.
+fn body_change(
+    d: &mut Directives,
+    members: &Members,
+    sent: &ClientRequest,
+    body_literal: Option<&str>,
+    notes: bool,
+) -> Result<(), Failure> {
     // Body (docs/sideband-protocol.md#body-change): an echo keeps it; omission clears
     // a non-empty body.
     let echoed =
@@ -416,6 +469,11 @@ fn allow(
         (Some(other), _) => return Err(malformed(format!("'body' must be a string, got {other}"))),
     }
 
+    Ok(())
+}
+
+/// Fields that cannot be changed on this path: a warning each.
+fn warned_fields(d: &mut Directives, members: &Members, sent: &ClientRequest) {
     // Fields that cannot be changed: warn only
     // (docs/sideband-protocol.md#fields-only-warned-about).
     let as_text = |v: Option<Value>| match v {
@@ -451,83 +509,10 @@ fn allow(
             },
         ));
     }
-
-    d.state = members
-        .get("state")
-        .map(|raw| raw.get().to_string())
-        .filter(|raw| raw.trim() != "false");
-    Ok(d)
 }
 
 fn unsupported(old: &str, new: &str) -> String {
     format!("Warning: policy provider attempted to modify request field that's not supported. (\"{old}\" => \"{new}\")")
-}
-
-/// A URL from a reply, split as lua-resty-http `parse_uri` does: default port
-/// by scheme, empty path = `/`, query without `?` (empty when absent).
-#[derive(Debug, PartialEq, Eq)]
-pub struct ReplyUrl {
-    pub scheme: String,
-    pub host: String,
-    pub port: String,
-    pub path: String,
-    pub query: String,
-}
-
-pub fn parse_reply_url(url: &str) -> Option<ReplyUrl> {
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => "80",
-        "https" => "443",
-        _ => return None,
-    };
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let (host, port) = if let Some(after) = authority.strip_prefix('[') {
-        let (h, p) = after.split_once(']')?;
-        (
-            format!("[{h}]"),
-            p.strip_prefix(':').unwrap_or(default_port).to_string(),
-        )
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h.to_string(), p.to_string()),
-            None => (authority.to_string(), default_port.to_string()),
-        }
-    };
-    if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (path, query) = match tail.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (tail, ""),
-    };
-    Some(ReplyUrl {
-        scheme,
-        host: host.to_ascii_lowercase(),
-        port,
-        path: if path.is_empty() {
-            "/".into()
-        } else {
-            path.into()
-        },
-        query: query.into(),
-    })
-}
-
-/// Escapes what cannot stand in a request line (Kong's `escape`): everything
-/// but `! # $ & ' ( ) * + , / : ; = ? @ [ ] A-Z a-z 0-9 - _ . ~ %`.
-pub fn escape_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for &b in path.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&'()*+,/:;=?@[]-_.~%".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -706,7 +691,10 @@ mod tests {
         let members = reply::parse_members(text.as_bytes()).unwrap();
         match interpret(&members, &sent(), None, true).unwrap() {
             RequestOutcome::Allow(d) => {
-                assert_eq!(d.state.as_deref(), Some(r#"{"k": [1, 2.50, "\/"]}"#))
+                assert_eq!(
+                    d.state.map(|s| s.get().to_string()).as_deref(),
+                    Some(r#"{"k": [1, 2.50, "\/"]}"#)
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -714,8 +702,9 @@ mod tests {
 
     #[test]
     fn body_echo_recognised_from_the_sent_literal() {
-        let (payload, range) = sent().payload_and_body_range();
-        let literal = range.and_then(|r| payload.get(r));
+        let sent_payload = sent().payload().unwrap();
+        let payload = sent_payload.text();
+        let literal = sent_payload.body_literal.as_deref().map(RawValue::get);
         assert_eq!(literal, Some(r#""{\"a\":1}""#));
         let members = reply::parse_members(payload.as_bytes()).unwrap();
         match interpret(&members, &sent(), literal, false).unwrap() {

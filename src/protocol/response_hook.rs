@@ -8,9 +8,12 @@
 //! a host that allows dispatch in response phases can reuse it as is.
 
 use crate::failure::{Call, Failure};
-use crate::json;
-use crate::reply::{self, member, Members, Reply};
-use crate::request::{push_headers, Header, MAX_HEADERS};
+use crate::http::{Header, Reply};
+use crate::protocol::json;
+use crate::protocol::reply::{self, member, Members};
+use crate::protocol::request::{Headers, Text, MAX_HEADERS};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// An upstream response, as received.
@@ -46,8 +49,8 @@ const KEPT_UPSTREAM: &[&str] = &["date", "vary"];
 /// or the original `/sideband/request` payload.
 #[derive(Debug, Clone)]
 pub enum Context<'a> {
-    State(&'a str),
-    Request(&'a str),
+    State(&'a RawValue),
+    Request(&'a RawValue),
 }
 
 /// The Lua plugin's fixed `response_status` table; every other code is "".
@@ -75,19 +78,7 @@ pub fn payload(
     upstream: &UpstreamResponse,
     http_version: &str,
     context: Context<'_>,
-) -> String {
-    let mut out = String::with_capacity(256 + upstream.body.len() * 2);
-    out.push_str("{\"method\":");
-    json::push_str(&mut out, method);
-    out.push_str(",\"url\":");
-    json::push_bytes(&mut out, url);
-    out.push_str(",\"body\":");
-    json::push_bytes(&mut out, &upstream.body);
-    out.push_str(",\"response_code\":");
-    json::push_str(&mut out, &upstream.status.to_string());
-    out.push_str(",\"response_status\":");
-    json::push_str(&mut out, status_text(upstream.status));
-    out.push_str(",\"headers\":");
+) -> Result<String, String> {
     let headers: Vec<Header> = upstream
         .headers
         .iter()
@@ -95,21 +86,38 @@ pub fn payload(
         .take(MAX_HEADERS)
         .cloned()
         .collect();
-    push_headers(&mut out, &headers);
-    out.push_str(",\"http_version\":");
-    json::push_str(&mut out, http_version);
-    match context {
-        Context::State(raw) => {
-            out.push_str(",\"state\":");
-            out.push_str(raw);
-        }
-        Context::Request(raw) => {
-            out.push_str(",\"request\":");
-            out.push_str(raw);
-        }
-    }
-    out.push('}');
-    out
+    let (state, request) = match context {
+        Context::State(raw) => (Some(raw), None),
+        Context::Request(raw) => (None, Some(raw)),
+    };
+    let fields = ResponseFields {
+        method,
+        url: Text(url),
+        body: Text(&upstream.body),
+        response_code: upstream.status.to_string(),
+        response_status: status_text(upstream.status),
+        headers: Headers(&headers),
+        http_version,
+        state,
+        request,
+    };
+    serde_json::to_string(&fields).map_err(|e| e.to_string())
+}
+
+/// The payload's members in the Lua plugin's order.
+#[derive(Serialize)]
+struct ResponseFields<'a> {
+    method: &'a str,
+    url: Text<'a>,
+    body: Text<'a>,
+    response_code: String,
+    response_status: &'static str,
+    headers: Headers<'a>,
+    http_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a RawValue>,
 }
 
 fn malformed(what: impl Into<String>) -> Failure {
@@ -171,8 +179,9 @@ mod tests {
             b"http://k:8000/x?y=1",
             &upstream(),
             "1.1",
-            Context::State("\"S1\""),
-        );
+            Context::State(&RawValue::from_string("\"S1\"".into()).unwrap()),
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v["response_code"], "200");
         assert_eq!(v["response_status"], "OK");
@@ -194,8 +203,9 @@ mod tests {
             b"u",
             &upstream(),
             "1.1",
-            Context::Request(r#"{"method":"GET"}"#),
-        );
+            Context::Request(&RawValue::from_string(r#"{"method":"GET"}"#.into()).unwrap()),
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v["request"]["method"], "GET");
         assert_eq!(status_text(201), "");

@@ -1,41 +1,10 @@
 //! A response the filter produces itself (deny, error, or the response hook's
 //! result), and the parsing helpers shared by both sideband replies.
 
+use crate::http::{Reply, FRAMING_HEADERS};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// A complete response for the client, built by the filter.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Reply {
-    pub status: u16,
-    /// Lower-cased names; a name may repeat (one line per value).
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    pub fn empty(status: u16) -> Self {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Headers the filter never copies from a policy reply: the host computes the
-/// framing of the response it sends (Kong ≥ 3.6 also drops a policy's
-/// `Transfer-Encoding`; the Lua plugin let a policy's `Content-Length` override
-/// Kong's, which broke responses whose body the policy changed).
-pub const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding"];
 
 /// Top-level members of a sideband reply, each kept as raw JSON so that `state`
 /// can be passed back byte for byte.
@@ -76,7 +45,7 @@ pub fn flatten_headers(value: &Value) -> Result<Vec<(String, Vec<String>)>, Stri
                 return Err(format!("header '{name}' has a non-string value"));
             };
             let lname = name.to_ascii_lowercase();
-            if !crate::config::is_token(&lname) {
+            if !crate::http::is_token(&lname) {
                 return Err(format!("'{name}' is not a valid header name"));
             }
             if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {

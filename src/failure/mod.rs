@@ -8,16 +8,10 @@
 //! policy provider is 502 (Lua 1.1.0+ answered 500 by accident), malformed
 //! replies are 502 (Lua crashed into 500), and a 429 never breaks later requests.
 
-use crate::reply::Reply;
+pub mod backoff;
 
-/// Severity of a log line, mapped to the host's log levels by the glue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
+use crate::http::Reply;
+pub use log::Level;
 
 /// Which sideband call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +82,13 @@ pub enum Failure {
     NoUpstream { what: String },
     /// The response hook's upstream call failed.
     UpstreamFailed { target: String, detail: String },
+    /// The response hook's upstream call timed out (the host's
+    /// `:dispatch_status` said so, see [`timed_out`]): 504.
+    UpstreamTimeout { target: String },
+    /// The host sent the request upstream before a decision (it skipped the
+    /// body step of a request that announced a body and sent none): the
+    /// upstream's response is replaced with 502 and the connection closed.
+    UpstreamBeforeDecision,
     /// The upstream's response body is larger than `max_response_body_bytes`.
     UpstreamTooLarge { size: usize, limit: usize },
     /// The request body did not fit the host's body buffer, so the response
@@ -130,7 +131,7 @@ impl Failure {
                     .into_bytes(),
                 }
             }
-            Failure::UpstreamFailed { detail, .. } if detail == "timeout" => Reply::empty(504),
+            Failure::UpstreamTimeout { .. } => Reply::empty(504),
             Failure::RequestBodyUnreadable { .. } => Reply::empty(413),
             Failure::TooManyHeaders { .. } => Reply::empty(431),
             Failure::BadClientCertificate { .. } => Reply::empty(400),
@@ -200,6 +201,16 @@ impl Failure {
                 Level::Error,
                 format!("Upstream call to {target} failed: {detail}"),
             ),
+            Failure::UpstreamTimeout { target } => (
+                Level::Error,
+                format!("Upstream call to {target} failed: timeout"),
+            ),
+            Failure::UpstreamBeforeDecision => (
+                Level::Error,
+                "the upstream was called before a policy decision (request announced a body but \
+                 sent none, so the host skipped the body step); answering 502"
+                    .into(),
+            ),
             Failure::UpstreamTooLarge { size, limit } => (
                 Level::Error,
                 format!(
@@ -229,6 +240,27 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The back-off this failure starts: a 429 from the policy server pauses
+    /// the filter configuration's sideband calls for its `Retry-After`
+    /// (at least 1 s). A 429 answered from a running back-off starts none.
+    pub fn backoff_secs(&self) -> Option<u64> {
+        match self {
+            Failure::RateLimited {
+                retry_after_secs,
+                from_provider: true,
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a host's `:dispatch_status` reports a timeout (Kong's host writes
+/// `timeout`; other values are connection and TLS errors).
+pub fn timed_out(dispatch_status: &str) -> bool {
+    dispatch_status.trim().eq_ignore_ascii_case("timeout")
+}
+
 /// Reads `message` and `id` from a JSON error body, `nil` when absent (as the
 /// Lua plugin prints them).
 pub fn message_and_id(body: &serde_json::Value) -> (String, String) {
@@ -252,11 +284,17 @@ mod tests {
             detail: "timeout".into(),
         };
         assert_eq!(u.reply().status, 502);
-        let t = Failure::UpstreamFailed {
+        let t = Failure::UpstreamTimeout {
             target: "up:80".into(),
-            detail: "timeout".into(),
         };
         assert_eq!(t.reply().status, 504);
+        assert!(timed_out("timeout") && !timed_out("broken connection"));
+        let f = Failure::UpstreamFailed {
+            target: "up:80".into(),
+            detail: "broken connection".into(),
+        };
+        assert_eq!(f.reply().status, 502);
+        assert_eq!(Failure::UpstreamBeforeDecision.reply().status, 502);
         let r = Failure::RateLimited {
             retry_after_secs: 5,
             from_provider: true,
@@ -267,5 +305,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["code"], "LIMIT_EXCEEDED");
         assert!(v["message"].as_str().unwrap().contains("5 seconds"));
+        let tripping = Failure::RateLimited {
+            retry_after_secs: 0,
+            from_provider: true,
+        };
+        assert_eq!(tripping.backoff_secs(), Some(1));
+        let running = Failure::RateLimited {
+            retry_after_secs: 3,
+            from_provider: false,
+        };
+        assert_eq!(running.backoff_secs(), None);
     }
 }

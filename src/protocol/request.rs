@@ -1,7 +1,11 @@
 //! The client request as the policy provider sees it: the `/sideband/request`
 //! payload (docs/sideband-protocol.md#request-payload).
 
-use crate::json;
+use crate::http::Header;
+use crate::protocol::json;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
 
 /// At most this many request headers and query arguments are sent, as with
 /// OpenResty's defaults in the Lua plugin.
@@ -17,22 +21,6 @@ pub const HOST_MAX_HEADER_PAIRS: usize = 100;
 /// is full, so the filter cannot tell 96 headers from more.
 pub fn header_map_may_be_truncated(pairs: usize) -> bool {
     pairs >= HOST_MAX_HEADER_PAIRS
-}
-
-/// One request or response header: a lower-cased name and the raw value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
-}
-
-impl Header {
-    pub fn new(name: &str, value: impl Into<Vec<u8>>) -> Self {
-        Header {
-            name: name.to_ascii_lowercase(),
-            value: value.into(),
-        }
-    }
 }
 
 /// What the host told the filter about a client request.
@@ -76,40 +64,92 @@ impl ClientRequest {
         )
     }
 
-    /// The JSON body of `POST /sideband/request`.
-    pub fn payload(&self) -> String {
-        self.payload_and_body_range().0
+    /// The JSON body of `POST /sideband/request`
+    /// (docs/sideband-protocol.md#request-payload).
+    pub fn payload(&self) -> Result<Payload, String> {
+        // The body's literal is written once and copied into the payload
+        // as is, so that a reply echoing it is recognised without decoding.
+        let body_literal = match &self.body {
+            Some(b) => Some(to_raw_value(&Text(b)).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let client_certificate = match &self.client_certificate {
+            Some(c) => Some(RawValue::from_string(c.clone()).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let fields = RequestFields {
+            source_ip: &self.source_ip,
+            source_port: &self.source_port,
+            method: &self.method,
+            url: Text(&self.url()),
+            body: body_literal.as_deref(),
+            headers: Headers(&self.headers),
+            http_version: &self.http_version,
+            client_certificate: client_certificate.as_deref(),
+        };
+        let json = to_raw_value(&fields).map_err(|e| e.to_string())?;
+        Ok(Payload { json, body_literal })
     }
+}
 
-    /// The payload, and where the `body` string literal stands in it (so a
-    /// reply that echoes the body can be recognised without decoding it).
-    pub fn payload_and_body_range(&self) -> (String, Option<std::ops::Range<usize>>) {
-        let mut body_range = None;
-        let mut out = String::with_capacity(256 + self.body.as_ref().map_or(0, Vec::len) * 2);
-        out.push_str("{\"source_ip\":");
-        json::push_str(&mut out, &self.source_ip);
-        out.push_str(",\"source_port\":");
-        json::push_str(&mut out, &self.source_port);
-        out.push_str(",\"method\":");
-        json::push_str(&mut out, &self.method);
-        out.push_str(",\"url\":");
-        json::push_bytes(&mut out, &self.url());
-        if let Some(body) = &self.body {
-            out.push_str(",\"body\":");
-            let start = out.len();
-            json::push_bytes(&mut out, body);
-            body_range = Some(start..out.len());
+/// A `/sideband/request` payload as sent.
+#[derive(Debug)]
+pub struct Payload {
+    pub json: Box<RawValue>,
+    /// The `body` member's JSON literal, when a body was sent.
+    pub body_literal: Option<Box<RawValue>>,
+}
+
+impl Payload {
+    pub fn text(&self) -> &str {
+        self.json.get()
+    }
+}
+
+/// The payload's members in the Lua plugin's order.
+#[derive(Serialize)]
+struct RequestFields<'a> {
+    source_ip: &'a str,
+    source_port: &'a str,
+    method: &'a str,
+    url: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a RawValue>,
+    headers: Headers<'a>,
+    http_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate: Option<&'a RawValue>,
+}
+
+/// Bytes as a JSON string under the filter's encoding (see `json`).
+pub struct Text<'a>(pub &'a [u8]);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&json::text(self.0))
+    }
+}
+
+/// Headers as `[{"name":"value"},...]`, one object per value, in order.
+pub struct Headers<'a>(pub &'a [Header]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for h in self.0 {
+            seq.serialize_element(&OneHeader(h))?;
         }
-        out.push_str(",\"headers\":");
-        push_headers(&mut out, &self.headers);
-        out.push_str(",\"http_version\":");
-        json::push_str(&mut out, &self.http_version);
-        if let Some(cert) = &self.client_certificate {
-            out.push_str(",\"client_certificate\":");
-            out.push_str(cert);
-        }
-        out.push('}');
-        (out, body_range)
+        seq.end()
+    }
+}
+
+struct OneHeader<'a>(&'a Header);
+
+impl Serialize for OneHeader<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(&self.0.name, &Text(&self.0.value))?;
+        map.end()
     }
 }
 
@@ -127,22 +167,6 @@ pub fn url_bytes(scheme: &str, host: &str, port: &str, path: &[u8], query: &str)
         url.extend_from_slice(query.as_bytes());
     }
     url
-}
-
-/// Appends headers as `[{"name":"value"},...]`, one object per value.
-pub fn push_headers(out: &mut String, headers: &[Header]) {
-    out.push('[');
-    for (i, h) in headers.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('{');
-        json::push_str(out, &h.name);
-        out.push(':');
-        json::push_bytes(out, &h.value);
-        out.push('}');
-    }
-    out.push(']');
 }
 
 /// The `http_version` field from the host's protocol string (`HTTP/1.1`,
@@ -210,43 +234,27 @@ fn hex_value(b: u8) -> Option<u8> {
 /// nginx's URI-component unescape: `%XX` decoded, `+` as space, a `%` not
 /// followed by two hex digits kept as is.
 fn unescape_component(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = s.get(i + 1).copied().and_then(hex_value);
-                let lo = s.get(i + 2).copied().and_then(hex_value);
-                if let (Some(hi), Some(lo)) = (hi, lo) {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    out
+    let spaced: Vec<u8> = s
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
 }
+
+/// What `ngx.encode_args` escapes: every byte but `A-Z a-z 0-9 - . _ ~ ! * ' ( )`.
+const ARG_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 fn escape_component(out: &mut String, s: &[u8]) {
-    for &b in s {
-        if b.is_ascii_alphanumeric() || b"-._~!*'()".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            push_pct(out, b);
-        }
-    }
-}
-
-fn push_pct(out: &mut String, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(*HEX.get(usize::from(b >> 4)).unwrap_or(&b'0')));
-    out.push(char::from(*HEX.get(usize::from(b & 0xf)).unwrap_or(&b'0')));
+    out.extend(percent_encoding::percent_encode(s, ARG_ESCAPED));
 }
 
 /// Reserved characters whose escapes Kong keeps (upper-cased) when it
@@ -343,6 +351,27 @@ mod tests {
         assert!(n.ends_with("k99=v"));
     }
 
+    /// Why the query is normalised by hand: the URL standard's form encoding
+    /// (`form_urlencoded`, which `url` uses) writes a space as `+` and escapes
+    /// `~ ! ' ( )`, so the `url` the policy server sees would differ from the
+    /// Lua plugin's.
+    #[test]
+    fn form_encoding_would_change_the_query() {
+        let raw = b"q=a b&s=~!'()*";
+        assert_eq!(normalize_query(raw), "q=a%20b&s=~!'()*");
+        let form: String = url::form_urlencoded::parse(raw)
+            .fold(
+                url::form_urlencoded::Serializer::new(String::new()),
+                |mut s, (k, v)| {
+                    s.append_pair(&k, &v);
+                    s
+                },
+            )
+            .finish();
+        assert_ne!(form, normalize_query(raw));
+        assert_eq!(form, "q=a+b&s=%7E%21%27%28%29*");
+    }
+
     #[test]
     fn path_normalisation_follows_kong() {
         let n = |p: &str| String::from_utf8(normalize_path(p.as_bytes())).unwrap();
@@ -380,7 +409,7 @@ mod tests {
             http_version: "1.1".into(),
             client_certificate: None,
         };
-        let v: serde_json::Value = serde_json::from_str(&req.payload()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(req.payload().unwrap().text()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -388,6 +417,75 @@ mod tests {
                 "url": "http://kong:8000/a/b", "body": "",
                 "headers": [{"x-m": "1"}, {"x-m": "2"}], "http_version": "1.1"
             })
+        );
+    }
+
+    /// The payload's exact bytes (serde's derive writes what the
+    /// hand-written encoder of earlier versions wrote, byte for byte): member
+    /// order, escapes (`\\u00XX` lower-case, `\\b \\f \\n \\r \\t`, DEL and
+    /// non-ASCII as is), non-UTF-8 bytes as Latin-1, raw certificate JSON.
+    #[test]
+    fn payload_bytes_are_exact() {
+        let req = ClientRequest {
+            source_ip: "10.0.0.5".into(),
+            source_port: "40000".into(),
+            method: "POST".into(),
+            scheme: "https".into(),
+            host: "kong".into(),
+            port: "8443".into(),
+            path: b"/a/\xff\"b".to_vec(),
+            raw_query: b"q=a b&x=%2F&\xc3\xa9=1".to_vec(),
+            headers: vec![
+                Header::new(
+                    "X-M",
+                    b"tab\there \"q\" \\ \x01\x1f\x7f \xe9t\xc3\xa9".to_vec(),
+                ),
+                Header::new("x-m", "2"),
+            ],
+            body: Some(b"{\"json\": [1, 2]}\n\r\x08\x0c</script>".to_vec()),
+            http_version: "2".into(),
+            client_certificate: Some(r#"{"subject_dn":"CN=x","x5t#S256":"abc"}"#.into()),
+        };
+        let p = req.payload().unwrap();
+        let del = |s: &str| s.replace("{DEL}", "\u{7f}");
+        assert_eq!(
+            p.text(),
+            del(
+                r#"{"source_ip":"10.0.0.5","source_port":"40000","method":"POST","url":"https://kong:8443/a/ÿ\"b?q=a%20b&x=%2F&%C3%A9=1","body":"{\"json\": [1, 2]}\n\r\b\f</script>","headers":[{"x-m":"tab\there \"q\" \\ \u0001\u001f{DEL} été"},{"x-m":"2"}],"http_version":"2","client_certificate":{"subject_dn":"CN=x","x5t#S256":"abc"}}"#
+            )
+        );
+        assert_eq!(
+            p.body_literal.as_deref().map(RawValue::get),
+            Some(r#""{\"json\": [1, 2]}\n\r\b\f</script>""#)
+        );
+        let up = crate::protocol::response_hook::UpstreamResponse {
+            status: 201,
+            headers: vec![
+                Header::new("Content-Type", "text/x"),
+                Header::new("connection", "close"),
+                Header::new("x-b", b"\xff".to_vec()),
+            ],
+            body: b"b\"\x00y".to_vec(),
+        };
+        use crate::protocol::response_hook::{payload, Context};
+        let state = RawValue::from_string(r#"{"k": [1, 2.50]}"#.into()).unwrap();
+        let with_state = payload(
+            "PUT",
+            b"https://kong:8443/a?q=1",
+            &up,
+            "1.1",
+            Context::State(&state),
+        );
+        assert_eq!(
+            with_state.unwrap(),
+            r#"{"method":"PUT","url":"https://kong:8443/a?q=1","body":"b\"\u0000y","response_code":"201","response_status":"","headers":[{"content-type":"text/x"},{"x-b":"ÿ"}],"http_version":"1.1","state":{"k": [1, 2.50]}}"#
+        );
+        let with_request = payload("PUT", b"u", &up, "1.1", Context::Request(&p.json));
+        assert_eq!(
+            with_request.unwrap(),
+            del(
+                r#"{"method":"PUT","url":"u","body":"b\"\u0000y","response_code":"201","response_status":"","headers":[{"content-type":"text/x"},{"x-b":"ÿ"}],"http_version":"1.1","request":{"source_ip":"10.0.0.5","source_port":"40000","method":"POST","url":"https://kong:8443/a/ÿ\"b?q=a%20b&x=%2F&%C3%A9=1","body":"{\"json\": [1, 2]}\n\r\b\f</script>","headers":[{"x-m":"tab\there \"q\" \\ \u0001\u001f{DEL} été"},{"x-m":"2"}],"http_version":"2","client_certificate":{"subject_dn":"CN=x","x5t#S256":"abc"}}}"#
+            )
         );
     }
 }

@@ -1,0 +1,75 @@
+//! An allow with the response hook off: the directives are applied to the
+//! request the host proxies. Inside Kong the upstream path, query and Host
+//! are Kong's `ngx.upstream_uri` / `ngx.upstream_host`; elsewhere they are
+//! the request's `:path` and `Host`.
+
+use crate::failure::Failure;
+use crate::host::{Host, Map};
+use crate::protocol::decision::{Directives, HeaderOp};
+use crate::protocol::request::ClientRequest;
+use crate::slots::{self, HeaderFix};
+use crate::upstream;
+
+/// Applies `d` to the proxied request. A body change cannot be applied on
+/// this host (the body step has passed when the reply arrives).
+pub fn apply(h: &mut dyn Host, sent: &ClientRequest, d: &Directives) -> Result<(), Failure> {
+    if d.body.is_some() {
+        return Err(Failure::BodyChangeUnsupported);
+    }
+    let ops: Vec<HeaderOp> = d
+        .header_ops
+        .iter()
+        .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"))
+        .cloned()
+        .collect();
+    let (fixes, warnings) = slots::request_changes(&ops, &sent.headers);
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    for fix in &fixes {
+        change_header(h, Map::RequestHeaders, fix);
+    }
+    if let Some(m) = &d.method {
+        h.set_header(Map::RequestHeaders, ":method", Some(m));
+    }
+    let kong_uri = h.property(&["ngx", "upstream_uri"]);
+    if d.path.is_some() || d.query.is_some() {
+        match &kong_uri {
+            Some(uri) => {
+                let (new_uri, _) = upstream::rewrite(&String::from_utf8_lossy(uri), "", d);
+                if !h.set_property(&["ngx", "upstream_uri"], new_uri.as_bytes()) {
+                    return Err(Failure::Host {
+                        what: "cannot set ngx.upstream_uri".into(),
+                    });
+                }
+            }
+            None => {
+                let current = h
+                    .header_map(Map::RequestHeaders)
+                    .text(":path")
+                    .unwrap_or_default();
+                let (new_path, _) = upstream::rewrite(&current, "", d);
+                h.set_header(Map::RequestHeaders, ":path", Some(&new_path));
+            }
+        }
+    }
+    if let Some(host) = &d.host {
+        if kong_uri.is_none() {
+            h.set_header(Map::RequestHeaders, "host", Some(host));
+        } else if !h.set_property(&["ngx", "upstream_host"], host.as_bytes()) {
+            return Err(Failure::Host {
+                what: "cannot set ngx.upstream_host".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One header change.
+pub fn change_header(h: &mut dyn Host, map: Map, fix: &HeaderFix) {
+    match fix {
+        HeaderFix::Remove(n) => h.set_header(map, n, None),
+        HeaderFix::Set(n, v) => h.set_header(map, n, Some(v)),
+        HeaderFix::Add(n, v) => h.add_header(map, n, v),
+    }
+}

@@ -1,0 +1,149 @@
+//! The response hook's steps on this host: the filter sends the allowed
+//! request to the upstream itself (Kong's host refuses a dispatch in the
+//! response steps), then builds the `/sideband/response` payload from what
+//! came back.
+
+use crate::config::Config;
+use crate::failure::{self, Failure};
+use crate::host::{Body, Dispatch, HeaderMap, Host};
+use crate::http::Header;
+use crate::protocol::decision::Directives;
+use crate::protocol::json;
+use crate::protocol::request::{self, Payload};
+use crate::protocol::response_hook::{self, Context, UpstreamResponse};
+use crate::upstream::{self, Routing, Target};
+use std::time::Duration;
+
+use super::read::Seen;
+
+/// A finished dispatch as the host reported it. `status` is `None` for a
+/// call the host reports as failed.
+#[derive(Clone, Copy)]
+pub struct CallReply<'a> {
+    pub status: Option<u16>,
+    pub dispatch_status: Option<&'a str>,
+    pub map: &'a HeaderMap,
+    pub body_size: usize,
+}
+
+/// Sends the (changed) request to the upstream Kong routed to.
+pub fn call_upstream(
+    h: &mut dyn Host,
+    config: &Config,
+    seen: &Seen,
+    d: &Directives,
+) -> Result<(u32, Target), Failure> {
+    let routing = Routing {
+        kong_service: h.property(&["kong", "router", "service"]),
+        upstream_uri: h.property(&["ngx", "upstream_uri"]),
+        upstream_host: h.property(&["ngx", "upstream_host"]),
+        client_target: seen.client_target.clone(),
+        client_host: seen.client_host.clone(),
+    };
+    let target = upstream::resolve(
+        &routing,
+        config.upstream_url.as_ref(),
+        config.upstream_timeout_ms,
+    )
+    .map_err(|what| Failure::NoUpstream { what })?;
+    let (path, authority) = upstream::rewrite(&target.path, &target.authority, d);
+    let method = d.method.as_deref().unwrap_or(&seen.request.method);
+    let body = match (&d.body, &seen.request.body) {
+        (Some(b), _) | (None, Some(b)) => b,
+        (None, None) => {
+            return Err(Failure::RequestBodyUnreadable {
+                size: seen.unread_body_size,
+            })
+        }
+    };
+    let headers = upstream::request_headers(&seen.all_headers, d, &seen.request);
+    // Dispatch takes text values: a header value that is not UTF-8 travels
+    // as the UTF-8 of its Latin-1 text (see `json::text`).
+    let texts: Vec<(&str, String)> = headers
+        .iter()
+        .map(|h| (h.name.as_str(), json::text(&h.value).into_owned()))
+        .collect();
+    let mut call_headers: Vec<(&str, &str)> = vec![
+        (":method", method),
+        (":path", &path),
+        (":authority", &authority),
+        (":scheme", target.scheme.as_str()),
+    ];
+    call_headers.extend(texts.iter().map(|(n, v)| (*n, v.as_str())));
+    let call = Dispatch {
+        address: &target.address,
+        headers: call_headers,
+        body,
+        timeout: Duration::from_millis(u64::from(target.timeout_ms)),
+    };
+    match h.dispatch(call) {
+        Ok(token) => Ok((token, target)),
+        Err(reason) => Err(Failure::UpstreamFailed {
+            target: target.address,
+            detail: format!("the host refused the call ({reason})"),
+        }),
+    }
+}
+
+/// The upstream's response, read, and the `/sideband/response` payload.
+pub fn after_upstream(
+    h: &mut dyn Host,
+    config: &Config,
+    seen: &Seen,
+    sent: &Payload,
+    d: &Directives,
+    target: &Target,
+    reply: CallReply<'_>,
+) -> Result<(UpstreamResponse, String), Failure> {
+    let Some(status) = reply.status else {
+        let detail = reply
+            .dispatch_status
+            .unwrap_or("no :status in the response");
+        return Err(if failure::timed_out(detail) {
+            Failure::UpstreamTimeout {
+                target: target.address.clone(),
+            }
+        } else {
+            Failure::UpstreamFailed {
+                target: target.address.clone(),
+                detail: detail.to_string(),
+            }
+        });
+    };
+    let limit = config.max_response_body_bytes;
+    if reply.body_size > limit {
+        return Err(Failure::UpstreamTooLarge {
+            size: reply.body_size,
+            limit,
+        });
+    }
+    let body = match reply.body_size {
+        0 => Vec::new(),
+        n => h.body(Body::CallResponse, n).unwrap_or_default(),
+    };
+    let upstream = UpstreamResponse {
+        status,
+        headers: reply
+            .map
+            .pairs
+            .iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(n, v)| Header::new(n, v.clone()))
+            .collect(),
+        body,
+    };
+    let r = &seen.request;
+    let method = d.method.as_deref().unwrap_or(&r.method);
+    let query = match &d.query {
+        Some(q) => request::normalize_query(q.as_bytes()),
+        None => request::normalize_query(&r.raw_query),
+    };
+    let url = request::url_bytes(&r.scheme, &r.host, &r.port, &r.path, &query);
+    let context = match &d.state {
+        Some(raw) => Context::State(raw),
+        None => Context::Request(&sent.json),
+    };
+    let payload = response_hook::payload(method, &url, &upstream, &r.http_version, context)
+        .map_err(|what| Failure::Host { what })?;
+    Ok((upstream, payload))
+}

@@ -1,0 +1,434 @@
+//! One request's exchange with the policy server, as a state machine over the
+//! host's steps. It reads host facts and asks for host actions through
+//! [`Host`]; the proxy-wasm adapter only forwards each step to it.
+//!
+//! ```text
+//! request headers ──(no body)──────────────┐
+//!        └─(body expected)→ request body ──┤ POST /sideband/request
+//!                                          ▼
+//!                     deny → local reply   allow ─┬─ hook off: apply directives, host proxies
+//!                                                 └─ hook on: call the upstream ourselves,
+//!                                                    POST /sideband/response, local reply
+//! ```
+//!
+//! Each [`Stage`] holds exactly what the next step needs, so a request in
+//! flight cannot lack its payload, nor a replied one keep a token. Every
+//! failure goes through [`Exchange::fail`]: one log line, one client reply
+//! (`crate::failure`).
+//!
+//! - [`read`]: what the host knows about the client request.
+//! - [`forward`]: an allow with the response hook off.
+//! - [`hook`]: the response hook's upstream call and `/sideband/response`.
+//! - [`deliver`]: local replies delivered exactly, and the response steps.
+
+mod deliver;
+mod forward;
+mod hook;
+mod read;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::debug;
+use crate::failure::backoff::Backoff;
+use crate::failure::{Call, Failure};
+use crate::host::{Action, Body, Dispatch, Host, Map};
+use crate::http::Reply;
+use crate::protocol::decision::{self, CallResult, Directives, RequestOutcome};
+use crate::protocol::reply::Members;
+use crate::protocol::request::Payload;
+use crate::protocol::response_hook::{self, UpstreamResponse};
+use crate::protocol::Endpoint;
+use crate::upstream::Target;
+use deliver::Delivery;
+use read::Seen;
+use serde_json::value::RawValue;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+enum Stage {
+    /// Nothing decided yet.
+    Start,
+    /// The request has a body; waiting for the body step.
+    AwaitingBody(Box<Seen>),
+    /// `/sideband/request` in flight.
+    Deciding {
+        token: u32,
+        seen: Box<Seen>,
+        sent: Payload,
+    },
+    /// The response hook's upstream call in flight.
+    Upstream {
+        token: u32,
+        seen: Box<Seen>,
+        sent: Payload,
+        directives: Box<Directives>,
+        target: Target,
+    },
+    /// `/sideband/response` in flight.
+    Responding {
+        token: u32,
+        upstream: Box<UpstreamResponse>,
+    },
+    /// Allowed; the host proxies the (modified) request.
+    Forwarded,
+    /// The filter answered with a local response.
+    Replied(Delivery),
+}
+
+pub struct Exchange {
+    config: Option<Rc<Config>>,
+    backoff: Rc<RefCell<Backoff>>,
+    stage: Stage,
+}
+
+impl Exchange {
+    /// `config` is `None` when the filter's configuration was refused: every
+    /// request is then answered 500.
+    pub fn new(config: Option<Rc<Config>>, backoff: Rc<RefCell<Backoff>>) -> Self {
+        Exchange {
+            config,
+            backoff,
+            stage: Stage::Start,
+        }
+    }
+
+    fn debug_enabled(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.enable_debug_logging)
+    }
+
+    pub fn on_request_headers(&mut self, h: &mut dyn Host) -> Action {
+        let Some(config) = self.config.clone() else {
+            self.fail(
+                h,
+                Failure::Host {
+                    what: "filter has no valid configuration".into(),
+                },
+            );
+            return Action::Pause;
+        };
+        match read::client_request(h) {
+            Err(f) => self.fail(h, f),
+            Ok((seen, true)) => {
+                self.stage = Stage::AwaitingBody(Box::new(seen));
+                return Action::Continue;
+            }
+            Ok((mut seen, false)) => {
+                seen.request.body = Some(Vec::new());
+                self.ask_policy(h, &config, seen);
+            }
+        }
+        Action::Pause
+    }
+
+    pub fn on_request_body(&mut self, h: &mut dyn Host, size: usize, end: bool) -> Action {
+        match std::mem::replace(&mut self.stage, Stage::Start) {
+            stage @ Stage::AwaitingBody(_) if !end => {
+                self.stage = stage;
+                Action::Pause
+            }
+            Stage::AwaitingBody(mut seen) => {
+                let body = match size {
+                    0 => Some(Vec::new()),
+                    _ => h.body(Body::Request, size),
+                };
+                if body.is_none() {
+                    seen.unread_body_size = size;
+                    log::warn!(
+                        "request body of {size} bytes cannot be read (larger than \
+                         client_body_buffer_size); it is not sent to the policy provider"
+                    );
+                }
+                seen.request.body = body;
+                if let Some(config) = self.config.clone() {
+                    self.ask_policy(h, &config, *seen);
+                }
+                Action::Pause
+            }
+            Stage::Forwarded if size > 0 => {
+                self.fail(
+                    h,
+                    Failure::Host {
+                        what: "a request body arrived after the request was authorized without \
+                               one (no Content-Length or Transfer-Encoding); refusing it"
+                            .into(),
+                    },
+                );
+                Action::Pause
+            }
+            stage => {
+                self.stage = stage;
+                Action::Continue
+            }
+        }
+    }
+
+    /// Posts the request's payload to `/sideband/request`.
+    fn ask_policy(&mut self, h: &mut dyn Host, config: &Config, seen: Seen) {
+        let sent = match seen.request.payload() {
+            Ok(p) => p,
+            Err(what) => return self.fail(h, Failure::Host { what }),
+        };
+        match self.call_sideband(h, config, &config.request_endpoint, sent.text()) {
+            Ok(token) => {
+                self.stage = Stage::Deciding {
+                    token,
+                    seen: Box::new(seen),
+                    sent,
+                }
+            }
+            Err(f) => self.fail(h, f),
+        }
+    }
+
+    /// One sideband call, unless the configuration's 429 back-off runs.
+    fn call_sideband(
+        &self,
+        h: &mut dyn Host,
+        config: &Config,
+        endpoint: &Endpoint,
+        payload: &str,
+    ) -> Result<u32, Failure> {
+        if let Some(secs) = self.backoff.borrow_mut().remaining(h.now()) {
+            return Err(Failure::RateLimited {
+                retry_after_secs: secs,
+                from_provider: false,
+            });
+        }
+        if config.enable_debug_logging {
+            log::debug!(
+                "{}\n{}",
+                match endpoint.call {
+                    Call::Request => "Sending sideband request to policy provider:",
+                    Call::Response => "Sending sideband response request to policy provider:",
+                },
+                debug::dump_call(
+                    &endpoint.path,
+                    &endpoint.headers,
+                    &config.secret_header_name,
+                    payload.as_bytes()
+                )
+            );
+        }
+        let call = Dispatch {
+            address: &config.sideband_authority,
+            headers: endpoint
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            body: payload.as_bytes(),
+            timeout: Duration::from_millis(u64::from(config.connection_timeout_ms)),
+        };
+        h.dispatch(call).map_err(|reason| Failure::Unreachable {
+            call: endpoint.call,
+            target: config.sideband_authority.clone(),
+            detail: format!("the host refused the call ({reason})"),
+        })
+    }
+
+    /// A dispatch finished. A reply for a call this request no longer waits
+    /// for (it was answered meanwhile) is ignored.
+    pub fn on_call_response(&mut self, h: &mut dyn Host, token: u32, body_size: usize) {
+        let waiting = match &self.stage {
+            Stage::Deciding { token: t, .. }
+            | Stage::Upstream { token: t, .. }
+            | Stage::Responding { token: t, .. } => *t == token,
+            _ => false,
+        };
+        let Some(config) = self.config.clone().filter(|_| waiting) else {
+            return;
+        };
+        let map = h.header_map(Map::CallResponseHeaders);
+        let dispatch_status = map.text(":dispatch_status");
+        // A call the host reports as failed is failed, even with a `:status`
+        // (a read that timed out mid-body): its body is partial or gone.
+        let status = map
+            .text(":status")
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .filter(|_| decision::dispatch_ok(dispatch_status.as_deref()));
+        let body_size = if status.is_some() { body_size } else { 0 };
+        let reply = hook::CallReply {
+            status,
+            dispatch_status: dispatch_status.as_deref(),
+            map: &map,
+            body_size,
+        };
+        match std::mem::replace(&mut self.stage, Stage::Start) {
+            Stage::Upstream {
+                seen,
+                sent,
+                directives,
+                target,
+                ..
+            } => {
+                match hook::after_upstream(h, &config, &seen, &sent, &directives, &target, reply) {
+                    Ok((upstream, payload)) => {
+                        match self.call_sideband(h, &config, &config.response_endpoint, &payload) {
+                            Ok(token) => {
+                                self.stage = Stage::Responding {
+                                    token,
+                                    upstream: Box::new(upstream),
+                                }
+                            }
+                            Err(f) => self.fail(h, f),
+                        }
+                    }
+                    Err(f) => self.fail(h, f),
+                }
+            }
+            Stage::Deciding { seen, sent, .. } => {
+                let outcome = self
+                    .checked(h, &config, Call::Request, reply)
+                    .and_then(|members| {
+                        let literal = sent.body_literal.as_deref().map(RawValue::get);
+                        decision::interpret(&members, &seen.request, literal, self.debug_enabled())
+                    });
+                self.decided(h, &config, seen, sent, outcome);
+            }
+            Stage::Responding { upstream, .. } => {
+                let outcome = self
+                    .checked(h, &config, Call::Response, reply)
+                    .and_then(|members| response_hook::client_response(&members, &upstream));
+                match outcome {
+                    Ok(reply) => self.send(h, reply),
+                    Err(f) => self.fail(h, f),
+                }
+            }
+            other => self.stage = other,
+        }
+    }
+
+    /// A sideband reply's body, read and checked (transport, 429, JSON, 4xx,
+    /// 5xx) into its top-level members.
+    fn checked(
+        &self,
+        h: &mut dyn Host,
+        config: &Config,
+        call: Call,
+        reply: hook::CallReply<'_>,
+    ) -> Result<Members, Failure> {
+        let body = match reply.body_size {
+            0 => Vec::new(),
+            n => h.body(Body::CallResponse, n).unwrap_or_default(),
+        };
+        if config.enable_debug_logging {
+            let headers: Vec<(String, String)> = reply
+                .map
+                .pairs
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            log::debug!(
+                "Received sideband response from policy provider:\n{}",
+                debug::dump_reply(reply.status, &headers, &body)
+            );
+        }
+        let retry_after = reply.map.text("retry-after");
+        let result = CallResult {
+            status: reply.status,
+            dispatch_status: reply.dispatch_status,
+            retry_after: retry_after.as_deref(),
+            body: &body,
+        };
+        decision::check_reply(call, &config.sideband_authority, result, h.now())
+    }
+
+    /// Acts on the policy's decision.
+    fn decided(
+        &mut self,
+        h: &mut dyn Host,
+        config: &Config,
+        seen: Box<Seen>,
+        sent: Payload,
+        outcome: Result<RequestOutcome, Failure>,
+    ) {
+        match outcome {
+            Err(f) => self.fail(h, f),
+            Ok(RequestOutcome::Deny(reply)) => {
+                if config.enable_debug_logging {
+                    log::debug!(
+                        "Request authorization denied by the policy provider, returning status {} to client.",
+                        reply.status
+                    );
+                }
+                self.send(h, reply);
+            }
+            Ok(RequestOutcome::Allow(d)) => {
+                for w in &d.warnings {
+                    log::warn!("{w}");
+                }
+                if config.enable_debug_logging {
+                    for n in &d.notes {
+                        log::debug!("{n}");
+                    }
+                }
+                if !config.enable_response_hook {
+                    match forward::apply(h, &seen.request, &d) {
+                        Ok(()) => {
+                            self.stage = Stage::Forwarded;
+                            h.resume_request();
+                        }
+                        Err(f) => self.fail(h, f),
+                    }
+                    return;
+                }
+                match hook::call_upstream(h, config, &seen, &d) {
+                    Ok((token, target)) => {
+                        self.stage = Stage::Upstream {
+                            token,
+                            seen,
+                            sent,
+                            directives: Box::new(d),
+                            target,
+                        }
+                    }
+                    Err(f) => self.fail(h, f),
+                }
+            }
+        }
+    }
+
+    /// The failure policy applied: its log line, its back-off, its reply.
+    fn fail(&mut self, h: &mut dyn Host, failure: Failure) {
+        let (level, message) = failure.log();
+        log::log!(level, "{message}");
+        if let Some(secs) = failure.backoff_secs() {
+            let now = h.now();
+            self.backoff.borrow_mut().trip(now, secs);
+        }
+        self.send(h, failure.reply());
+    }
+
+    /// Sends a local response, delivered exactly (see [`deliver`]).
+    fn send(&mut self, h: &mut dyn Host, reply: Reply) {
+        self.stage = Stage::Replied(Delivery::send(h, &reply));
+    }
+
+    pub fn on_response_headers(&mut self, h: &mut dyn Host) -> Action {
+        match &self.stage {
+            Stage::Replied(delivery) => delivery.fix_headers(h),
+            // Never saw the request: an earlier filter of the chain answered.
+            Stage::Forwarded | Stage::Start => {}
+            Stage::AwaitingBody(_)
+            | Stage::Deciding { .. }
+            | Stage::Upstream { .. }
+            | Stage::Responding { .. } => {
+                let failure = Failure::UpstreamBeforeDecision;
+                let (level, message) = failure.log();
+                log::log!(level, "{message}");
+                self.stage =
+                    Stage::Replied(Delivery::replace_upstream_response(h, &failure.reply()));
+            }
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_body(&mut self, h: &mut dyn Host, size: usize) -> Action {
+        if let Stage::Replied(delivery) = &mut self.stage {
+            delivery.on_chunk(h, size);
+        }
+        Action::Continue
+    }
+}

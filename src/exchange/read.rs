@@ -1,0 +1,143 @@
+//! What the host knows about the client request, read once in the request
+//! headers step: the payload's fields (with the fallbacks of hosts without
+//! Kong's properties), every raw header for the response hook, and whether a
+//! body step follows.
+
+use crate::cert;
+use crate::failure::Failure;
+use crate::host::{Host, Map};
+use crate::http::Header;
+use crate::protocol::request::{self, ClientRequest, MAX_HEADERS};
+use crate::url::strip_port;
+
+/// The client request as read, and what was sent about it.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The request as sent to the policy provider.
+    pub request: ClientRequest,
+    /// Every request header, raw, for the response hook's upstream call.
+    pub all_headers: Vec<Header>,
+    /// The raw request target (`$request_uri`).
+    pub client_target: String,
+    /// The client's `Host` header.
+    pub client_host: String,
+    /// Size of a body the host could not hand over (spooled to a file).
+    pub unread_body_size: usize,
+}
+
+/// The client request, and whether a body step follows (a non-zero
+/// `Content-Length`, or `Transfer-Encoding`).
+pub fn client_request(h: &mut dyn Host) -> Result<(Seen, bool), Failure> {
+    let map = h.header_map(Map::RequestHeaders);
+    if request::header_map_may_be_truncated(map.declared.max(map.pairs.len())) {
+        return Err(Failure::TooManyHeaders {
+            visible: map
+                .pairs
+                .iter()
+                .filter(|(n, _)| !n.starts_with(':'))
+                .count(),
+        });
+    }
+    let text = |h: &mut dyn Host, path: &[&str]| {
+        h.property(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let method = map.text(":method").unwrap_or_default();
+    let all_headers: Vec<Header> = map
+        .pairs
+        .iter()
+        .filter(|(n, _)| !n.starts_with(':'))
+        .map(|(n, v)| Header::new(n, v.clone()))
+        .collect();
+    let client_host = map.text("host").unwrap_or_default();
+
+    let client_target =
+        text(h, &["request", "path"]).unwrap_or_else(|| map.text(":path").unwrap_or_default());
+    let (raw_path, target_query) = client_target
+        .split_once('?')
+        .unwrap_or((client_target.as_str(), ""));
+    let raw_query = h
+        .property(&["request", "query"])
+        .unwrap_or_else(|| target_query.as_bytes().to_vec());
+
+    let scheme = text(h, &["kong", "request", "forwarded_scheme"])
+        .or_else(|| text(h, &["request", "scheme"]))
+        .or_else(|| map.text(":scheme"))
+        .unwrap_or_else(|| "http".into())
+        .to_ascii_lowercase();
+    let authority = map.text(":authority").unwrap_or_default();
+    let host = text(h, &["kong", "request", "forwarded_host"])
+        .or_else(|| text(h, &["ngx", "host"]))
+        .unwrap_or_else(|| strip_port(&client_host).to_string())
+        .to_ascii_lowercase();
+    let port = text(h, &["kong", "request", "forwarded_port"])
+        .or_else(|| text(h, &["ngx", "server_port"]))
+        .or_else(|| authority.rsplit_once(':').map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| if scheme == "https" { "443" } else { "80" }.into());
+
+    let (source_ip, source_port) = source(h);
+    let http_version = text(h, &["request", "protocol"])
+        .map(|p| request::http_version_label(&p))
+        .unwrap_or_else(|| "1.1".into());
+
+    let client_certificate = match h.property(&["ngx", "ssl_client_raw_cert"]) {
+        Some(pem) if !pem.is_empty() => Some(cert::client_certificate_json(&pem).map_err(|e| {
+            Failure::BadClientCertificate {
+                error: e.to_string(),
+            }
+        })?),
+        _ => None,
+    };
+
+    let has_body = map
+        .text("content-length")
+        .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+        .unwrap_or(false)
+        || map.get("transfer-encoding").is_some();
+
+    let request = ClientRequest {
+        source_ip,
+        source_port,
+        method,
+        scheme,
+        host,
+        port,
+        path: request::normalize_path(raw_path.as_bytes()),
+        raw_query,
+        headers: all_headers.iter().take(MAX_HEADERS).cloned().collect(),
+        body: None,
+        http_version,
+        client_certificate,
+    };
+    let seen = Seen {
+        request,
+        all_headers,
+        client_host,
+        client_target: client_target.clone(),
+        ..Seen::default()
+    };
+    Ok((seen, has_body))
+}
+
+/// Client address and port: `source.address` may be `ip` (nginx) or
+/// `ip:port` (Envoy); `source.port` may be text (nginx) or a little-endian
+/// integer (Envoy).
+fn source(h: &mut dyn Host) -> (String, String) {
+    let address = h
+        .property(&["source", "address"])
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let (mut ip, mut port) = (address.clone(), String::new());
+    if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
+        ip = sa.ip().to_string();
+        port = sa.port().to_string();
+    }
+    if let Some(p) = h.property(&["source", "port"]) {
+        if !p.is_empty() && p.iter().all(u8::is_ascii_digit) {
+            port = String::from_utf8_lossy(&p).into_owned();
+        } else if let Ok(arr) = <[u8; 8]>::try_from(p.as_slice()) {
+            port = u64::from_le_bytes(arr).to_string();
+        }
+    }
+    (ip, port)
+}

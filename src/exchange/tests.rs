@@ -1,0 +1,553 @@
+//! Every path of the exchange against the mock host: what the host is asked
+//! to do (dispatches, local replies, header and property changes, resumes)
+//! and the log lines written.
+
+use super::*;
+use crate::config;
+use crate::host::mock::{capture_logs, logs, Effect, MockHost};
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime};
+
+const SECRET: &str = "s3cr3t-value";
+
+fn exchange_with(extra: &str) -> (Exchange, Rc<RefCell<Backoff>>) {
+    let sep = if extra.is_empty() { "" } else { "," };
+    let text = format!(
+        r#"{{"service_url":"https://pdp:8443/base","shared_secret":"{SECRET}","secret_header_name":"CLIENT-TOKEN"{sep}{extra}}}"#
+    );
+    let config = config::parse(text.as_bytes()).unwrap();
+    let backoff = Rc::new(RefCell::new(Backoff::default()));
+    (
+        Exchange::new(Some(Rc::new(config)), backoff.clone()),
+        backoff,
+    )
+}
+
+/// Response hook off (it is on by default, as in the Lua plugin).
+fn exchange() -> Exchange {
+    exchange_with(HOOK_OFF).0
+}
+
+const HOOK_OFF: &str = r#""enable_response_hook":false"#;
+
+fn get() -> MockHost {
+    MockHost::request(
+        "GET",
+        "/things?a=1",
+        &[("host", "api.example"), ("accept", "*/*")],
+    )
+}
+
+/// The payload the filter posted in its last dispatch, as JSON.
+fn posted(h: &MockHost) -> Value {
+    serde_json::from_slice(&h.dispatches().last().unwrap().body).unwrap()
+}
+
+/// Answers the last dispatch with `status`, `headers` and `body`.
+fn answer(
+    x: &mut Exchange,
+    h: &mut MockHost,
+    status: Option<u16>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    h.call_reply(status, headers, body);
+    let token = h.last_token();
+    x.on_call_response(h, token, body.len());
+}
+
+/// Answers `/sideband/request` with the payload changed by `change`.
+fn allow_with(x: &mut Exchange, h: &mut MockHost, change: impl FnOnce(&mut Value)) {
+    let mut reply = posted(h);
+    change(&mut reply);
+    answer(x, h, Some(200), &[], reply.to_string().as_bytes());
+}
+
+fn sent_status(h: &MockHost) -> Option<u16> {
+    h.sent().map(|s| s.status)
+}
+
+fn no_secret_logged() {
+    assert!(
+        logs().iter().all(|(_, l)| !l.contains(SECRET)),
+        "{:?}",
+        logs()
+    );
+}
+
+#[test]
+fn allow_without_changes_resumes_and_only_accept_encoding_goes() {
+    capture_logs();
+    let (mut x, mut h) = (exchange(), get());
+    assert_eq!(x.on_request_headers(&mut h), Action::Pause);
+    let calls = h.dispatches();
+    assert_eq!(calls.len(), 1);
+    let call = calls[0];
+    assert_eq!(call.address, "pdp:8443");
+    assert_eq!(call.header(":path"), Some("/base/sideband/request"));
+    assert_eq!(call.header(":method"), Some("POST"));
+    assert_eq!(call.header("CLIENT-TOKEN"), Some(SECRET));
+    assert_eq!(call.timeout, Duration::from_millis(10_000));
+    let p = posted(&h);
+    assert_eq!(p["method"], "GET");
+    assert_eq!(p["url"], "http://api.example:80/things?a=1");
+    assert_eq!(p["source_ip"], "10.0.0.7");
+    allow_with(&mut x, &mut h, |_| {});
+    assert!(h.resumed());
+    assert_eq!(h.sent(), None);
+    assert_eq!(h.changes(Map::RequestHeaders), Vec::<&Effect>::new());
+    // The one change an echo makes: Accept-Encoding (the filter reads
+    // bodies as sent), set in place because a removal keeps its slot.
+    let (mut x, mut h) = (
+        exchange(),
+        MockHost::request("GET", "/", &[("accept-encoding", "gzip")]),
+    );
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    assert_eq!(
+        h.changes(Map::RequestHeaders),
+        vec![&Effect::SetHeader(
+            Map::RequestHeaders,
+            "accept-encoding".into(),
+            Some("identity".into())
+        )]
+    );
+    no_secret_logged();
+}
+
+#[test]
+fn allow_applies_header_method_path_and_host_changes() {
+    let (mut x, mut h) = (exchange(), get());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["method"] = json!("POST");
+        r["url"] = json!("http://other.example:8080/v2/things?b=2");
+        r["headers"] =
+            json!([{"host": "api.example"}, {"accept": "text/plain"}, {"x-user": "alice"}]);
+    });
+    assert!(h.resumed());
+    let changes = h.changes(Map::RequestHeaders);
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::RequestHeaders,
+        "accept".into(),
+        Some("text/plain".into())
+    )));
+    assert!(changes.contains(&&Effect::AddHeader(
+        Map::RequestHeaders,
+        "x-user".into(),
+        "alice".into()
+    )));
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::RequestHeaders,
+        ":method".into(),
+        Some("POST".into())
+    )));
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::RequestHeaders,
+        ":path".into(),
+        Some("/v2/things?b=2".into())
+    )));
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::RequestHeaders,
+        "host".into(),
+        Some("other.example:8080".into())
+    )));
+}
+
+#[test]
+fn allow_inside_kong_rewrites_upstream_uri_and_host_properties() {
+    let (mut x, mut h) = (exchange(), get());
+    h.prop("ngx.upstream_uri", "/svc/things?a=1");
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["url"] = json!("http://other:81/things?z=9")
+    });
+    assert!(h.effects.contains(&Effect::SetProperty(
+        "ngx.upstream_uri".into(),
+        b"/svc/things?z=9".to_vec()
+    )));
+    assert!(h.effects.contains(&Effect::SetProperty(
+        "ngx.upstream_host".into(),
+        b"other:81".to_vec()
+    )));
+    assert!(h.resumed());
+    // A host refusing the property: 500, not proxied.
+    let (mut x, mut h) = (exchange(), get());
+    h.prop("ngx.upstream_uri", "/svc/things?a=1");
+    h.read_only.push("ngx.upstream_uri".into());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["url"] = json!("http://api.example:80/elsewhere")
+    });
+    assert_eq!(sent_status(&h), Some(500));
+    assert!(!h.resumed());
+}
+
+#[test]
+fn deny_is_sent_as_the_policy_wrote_it() {
+    let (mut x, mut h) = (exchange(), get());
+    x.on_request_headers(&mut h);
+    let reply =
+        json!({"response": {"response_code": "403", "headers": [{"x-why": "no"}], "body": "nope"}});
+    answer(&mut x, &mut h, Some(200), &[], reply.to_string().as_bytes());
+    let sent = h.sent().unwrap();
+    assert_eq!(sent.status, 403);
+    assert_eq!(sent.headers, vec![("x-why".to_string(), "no".to_string())]);
+    // "nope" has no final newline: sent whole, the host's appended byte cut.
+    assert_eq!(sent.body.as_deref(), Some(&b"nope"[..]));
+    assert!(!h.resumed());
+    assert_eq!(x.on_response_headers(&mut h), Action::Continue);
+    x.on_response_body(&mut h, 5);
+    assert_eq!(h.effects.last(), Some(&Effect::CutResponseBody(4, 1)));
+}
+
+#[test]
+fn a_deny_body_ending_in_newline_needs_no_cut() {
+    let (mut x, mut h) = (exchange(), get());
+    x.on_request_headers(&mut h);
+    let reply = json!({"response": {"response_code": 401, "headers": [], "body": "no\n"}});
+    answer(&mut x, &mut h, Some(200), &[], reply.to_string().as_bytes());
+    assert_eq!(h.sent().unwrap().body.as_deref(), Some(&b"no"[..]));
+    x.on_response_body(&mut h, 3);
+    assert!(!h
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::CutResponseBody(..))));
+}
+
+/// Each failure of `/sideband/request`: the client's status, one log line,
+/// nothing proxied, the secret never logged.
+#[test]
+fn every_sideband_failure_answers_the_client_and_never_proxies() {
+    type Case<'a> = (&'a str, Option<u16>, &'a [u8], u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "timeout",
+            None,
+            b"",
+            502,
+            "Failed to send sideband request to pdp:8443: timeout",
+        ),
+        (
+            "not json",
+            Some(200),
+            b"<html>",
+            502,
+            "Unable to parse JSON body",
+        ),
+        ("empty", Some(200), b"", 502, "empty body"),
+        (
+            "401",
+            Some(401),
+            br#"{"message":"bad secret","id":"7"}"#,
+            502,
+            "denied with status code 401: bad secret (7)",
+        ),
+        (
+            "413",
+            Some(413),
+            br#"{"message":"big"}"#,
+            413,
+            "denied with status code 413: big",
+        ),
+        (
+            "500",
+            Some(503),
+            br#"{"message":"down"}"#,
+            502,
+            "failed with status code 503: down",
+        ),
+        (
+            "array",
+            Some(200),
+            b"[1]",
+            502,
+            "Invalid sideband request reply",
+        ),
+        (
+            "no headers",
+            Some(200),
+            br#"{"method":"GET","url":"http://api.example:80/things?a=1"}"#,
+            502,
+            "'headers' is missing",
+        ),
+        (
+            "bad deny",
+            Some(200),
+            br#"{"response":{"response_code":"abc","headers":[]}}"#,
+            502,
+            "'response_code'",
+        ),
+    ];
+    for (name, status, body, want, line) in cases {
+        capture_logs();
+        let (mut x, mut h) = (exchange(), get());
+        x.on_request_headers(&mut h);
+        answer(&mut x, &mut h, status, &[], body);
+        assert_eq!(sent_status(&h), Some(want), "{name}");
+        assert!(!h.resumed(), "{name}");
+        assert_eq!(h.dispatches().len(), 1, "{name}");
+        let lines = logs();
+        assert!(
+            lines.iter().any(|(_, l)| l.contains(line)),
+            "{name}: {lines:?}"
+        );
+        no_secret_logged();
+    }
+}
+
+#[test]
+fn a_refused_dispatch_is_unreachable() {
+    capture_logs();
+    let (mut x, mut h) = (exchange(), get());
+    h.refuse_dispatch = Some("BadArgument".into());
+    assert_eq!(x.on_request_headers(&mut h), Action::Pause);
+    assert_eq!(sent_status(&h), Some(502));
+    assert!(logs().iter().any(|(l, m)| *l == log::Level::Error
+        && m == "Failed to send sideband request to pdp:8443: the host refused the call (BadArgument)"));
+}
+
+#[test]
+fn a_429_backs_off_the_configuration_and_later_requests_make_no_call() {
+    let (mut x, backoff) = exchange_with(HOOK_OFF);
+    let mut h = get();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    h.now = Some(t0);
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, Some(429), &[("retry-after", "30")], b"");
+    let sent = h.sent().unwrap();
+    assert_eq!(sent.status, 429);
+    assert!(sent
+        .headers
+        .contains(&("retry-after".to_string(), "30".to_string())));
+    // The next request of the same configuration, 10 s later: no call, 20 s left.
+    let mut next = Exchange::new(x.config.clone(), backoff.clone());
+    let mut h2 = get();
+    h2.now = Some(t0 + Duration::from_secs(10));
+    next.on_request_headers(&mut h2);
+    assert!(h2.dispatches().is_empty());
+    let sent = h2.sent().unwrap();
+    assert_eq!(sent.status, 429);
+    assert!(sent
+        .headers
+        .contains(&("retry-after".to_string(), "20".to_string())));
+    // After the back-off: calls again.
+    let mut later = Exchange::new(x.config.clone(), backoff);
+    let mut h3 = get();
+    h3.now = Some(t0 + Duration::from_secs(31));
+    later.on_request_headers(&mut h3);
+    assert_eq!(h3.dispatches().len(), 1);
+}
+
+#[test]
+fn requests_the_host_cannot_describe_are_refused_before_any_call() {
+    // A full header map may be truncated: 431.
+    let (mut x, mut h) = (exchange(), get());
+    h.declared_request_pairs = Some(100);
+    x.on_request_headers(&mut h);
+    assert_eq!(sent_status(&h), Some(431));
+    assert!(h.dispatches().is_empty());
+    // An unreadable client certificate: 400.
+    let (mut x, mut h) = (exchange(), get());
+    h.prop(
+        "ngx.ssl_client_raw_cert",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    x.on_request_headers(&mut h);
+    assert_eq!(sent_status(&h), Some(400));
+    assert!(h.dispatches().is_empty());
+    // No valid configuration: 500.
+    let mut x = Exchange::new(None, Rc::new(RefCell::new(Backoff::default())));
+    let mut h = get();
+    x.on_request_headers(&mut h);
+    assert_eq!(sent_status(&h), Some(500));
+}
+
+#[test]
+fn a_request_body_is_read_in_the_body_step_and_sent() {
+    let (mut x, mut h) = (
+        exchange(),
+        MockHost::request("POST", "/p", &[("content-length", "5")]),
+    );
+    assert_eq!(x.on_request_headers(&mut h), Action::Continue);
+    assert!(h.dispatches().is_empty());
+    h.request_body = Some(b"hello".to_vec());
+    assert_eq!(x.on_request_body(&mut h, 3, false), Action::Pause);
+    assert_eq!(x.on_request_body(&mut h, 5, true), Action::Pause);
+    assert_eq!(posted(&h)["body"], "hello");
+    // An echo of the body keeps it; a changed body cannot be applied with the hook off.
+    allow_with(&mut x, &mut h, |r| r["body"] = json!("changed"));
+    assert_eq!(sent_status(&h), Some(502));
+    assert!(!h.resumed());
+}
+
+#[test]
+fn a_body_after_an_allow_without_one_is_refused() {
+    let (mut x, mut h) = (exchange(), get());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    assert_eq!(x.on_request_body(&mut h, 10, true), Action::Pause);
+    assert_eq!(sent_status(&h), Some(500));
+}
+
+#[test]
+fn an_upstream_response_before_a_decision_becomes_a_502_on_a_closed_connection() {
+    capture_logs();
+    let (mut x, mut h) = (
+        exchange(),
+        MockHost::request("POST", "/p", &[("transfer-encoding", "chunked")]),
+    );
+    x.on_request_headers(&mut h);
+    h.maps.insert(
+        Map::ResponseHeaders,
+        vec![
+            (":status".into(), b"200".to_vec()),
+            ("x-up".into(), b"1".to_vec()),
+            ("connection".into(), b"keep-alive".to_vec()),
+        ],
+    );
+    assert_eq!(x.on_response_headers(&mut h), Action::Continue);
+    assert_eq!(sent_status(&h), Some(502));
+    let changes = h.changes(Map::ResponseHeaders);
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::ResponseHeaders,
+        "x-up".into(),
+        None
+    )));
+    assert!(!changes.contains(&&Effect::SetHeader(
+        Map::ResponseHeaders,
+        "connection".into(),
+        None
+    )));
+    assert!(changes.contains(&&Effect::SetHeader(
+        Map::ResponseHeaders,
+        "connection".into(),
+        Some("close".into())
+    )));
+    x.on_response_body(&mut h, 100);
+    assert_eq!(h.effects.last(), Some(&Effect::CutResponseBody(0, 100)));
+    assert!(logs()
+        .iter()
+        .any(|(_, l)| l.contains("before a policy decision")));
+}
+
+#[test]
+fn a_reply_for_a_call_no_longer_awaited_is_ignored() {
+    let (mut x, mut h) = (exchange(), get());
+    x.on_request_headers(&mut h);
+    let token = h.last_token();
+    h.call_reply(Some(200), &[], b"{}");
+    x.on_call_response(&mut h, token + 7, 2);
+    assert_eq!(h.sent(), None);
+    assert!(!h.resumed());
+}
+
+fn hooked() -> Exchange {
+    exchange_with(r#""enable_response_hook":true,"upstream_url":"http://backend:9000""#).0
+}
+
+#[test]
+fn the_response_hook_calls_the_upstream_then_the_policy_then_answers() {
+    capture_logs();
+    let (mut x, mut h) = (hooked(), get());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["headers"] = json!([{"host": "api.example"}, {"accept": "*/*"}, {"x-user": "alice"}]);
+        r["state"] = json!({"s": 1});
+    });
+    assert!(!h.resumed());
+    let up = h.dispatches()[1].clone();
+    assert_eq!(up.address, "backend:9000");
+    assert_eq!(up.header(":path"), Some("/things?a=1"));
+    assert_eq!(up.header(":authority"), Some("api.example"));
+    assert_eq!(up.header("x-user"), Some("alice"));
+    assert_eq!(up.header("x-forwarded-for"), Some("10.0.0.7"));
+    assert_eq!(up.header("accept-encoding"), None);
+    answer(
+        &mut x,
+        &mut h,
+        Some(201),
+        &[("content-type", "text/plain"), ("date", "d")],
+        b"made",
+    );
+    let call = h.dispatches()[2].clone();
+    assert_eq!(call.header(":path"), Some("/base/sideband/response"));
+    let p: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(p["response_code"], "201");
+    assert_eq!(p["body"], "made");
+    assert_eq!(p["state"], json!({"s": 1}));
+    let reply = json!({"response_code": 200, "headers": [{"content-type": "text/plain"}], "body": "policy says"});
+    answer(&mut x, &mut h, Some(200), &[], reply.to_string().as_bytes());
+    let sent = h.sent().unwrap();
+    assert_eq!(sent.status, 200);
+    assert!(sent
+        .headers
+        .contains(&("date".to_string(), "d".to_string())));
+    assert_eq!(sent.body.as_deref(), Some(&b"policy says"[..]));
+    no_secret_logged();
+}
+
+#[test]
+fn response_hook_failures() {
+    // Upstream timed out: 504; refused otherwise: 502; too large: 502.
+    for (status, dispatch_status, size, want) in [
+        (None, "timeout", 0, 504),
+        (None, "broken connection", 0, 502),
+        (Some(200), "ok", 2 * 1024 * 1024, 502),
+    ] {
+        let (mut x, mut h) = (hooked(), get());
+        x.on_request_headers(&mut h);
+        allow_with(&mut x, &mut h, |_| {});
+        h.call_reply(status, &[(":dispatch_status", dispatch_status)], b"");
+        if status.is_none() {
+            // Only the given `:dispatch_status`.
+            h.maps.get_mut(&Map::CallResponseHeaders).unwrap().remove(0);
+        }
+        let token = h.last_token();
+        x.on_call_response(&mut h, token, size);
+        assert_eq!(sent_status(&h), Some(want), "{dispatch_status} {size}");
+        assert_eq!(h.dispatches().len(), 2);
+    }
+    // No upstream known: 500.
+    let (mut x, mut h) = (exchange_with(r#""enable_response_hook":true"#).0, get());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    assert_eq!(sent_status(&h), Some(500));
+    // `/sideband/response` failing: its failure's status.
+    let (mut x, mut h) = (hooked(), get());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    answer(&mut x, &mut h, Some(200), &[], b"ok");
+    answer(&mut x, &mut h, Some(500), &[], br#"{"message":"x"}"#);
+    assert_eq!(sent_status(&h), Some(502));
+}
+
+#[test]
+fn a_body_too_large_for_the_host_cannot_be_forwarded_by_the_hook() {
+    let (mut x, mut h) = (
+        hooked(),
+        MockHost::request("POST", "/p", &[("content-length", "900000")]),
+    );
+    x.on_request_headers(&mut h);
+    x.on_request_body(&mut h, 900_000, true);
+    assert!(posted(&h).get("body").is_none());
+    allow_with(&mut x, &mut h, |_| {});
+    assert_eq!(sent_status(&h), Some(413));
+}
+
+#[test]
+fn debug_logging_dumps_calls_without_the_secret() {
+    capture_logs();
+    let mut x = exchange_with(r#""enable_debug_logging":true,"enable_response_hook":false"#).0;
+    let mut h = get();
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    let lines = logs();
+    assert!(lines
+        .iter()
+        .any(|(l, m)| *l == log::Level::Debug && m.starts_with("Sending sideband request")));
+    assert!(lines
+        .iter()
+        .any(|(_, m)| m.starts_with("Received sideband response")));
+    no_secret_logged();
+}

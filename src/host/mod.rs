@@ -1,0 +1,180 @@
+//! The host boundary: everything the filter reads from and asks of the proxy
+//! host, as one small trait. The proxy-wasm adapter (`src/filter/`, Wasm only)
+//! implements it over the host's ABI; [`mock`] implements it natively for the
+//! exchange's unit tests. Log lines go through the `log` facade, whose logger
+//! the adapter installs (the SDK's `set_log_level`).
+//!
+//! Nothing here decides anything: the exchange (`crate::exchange`) calls these
+//! in the order each host step allows.
+
+#[cfg(test)]
+pub mod mock;
+
+use std::time::{Duration, SystemTime};
+
+/// The header maps the filter reads or changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Map {
+    RequestHeaders,
+    ResponseHeaders,
+    /// The headers of a dispatch's response (`:status`, `:dispatch_status`, ...).
+    CallResponseHeaders,
+}
+
+/// The body buffers the filter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Request,
+    CallResponse,
+}
+
+/// What a host step tells the host to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// Hold the request (or response) until the filter resumes or answers it.
+    Pause,
+}
+
+/// A header map as the host handed it over: names as text (lossy), values as
+/// bytes, and the number of pairs the host declared. The two counts differ
+/// when the host truncated the map (Kong's host declares 100 and writes fewer
+/// whole pairs, see [`HeaderMap::from_bytes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    pub pairs: Vec<(String, Vec<u8>)>,
+    pub declared: usize,
+}
+
+impl HeaderMap {
+    /// The first value of a header, by case-insensitive name.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// [`HeaderMap::get`] as text (lossy).
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Decodes the proxy-wasm map layout: u32 count, count × (u32 name
+    /// length, u32 value length), then each name and value followed by a NUL.
+    /// A malformed map yields the pairs read so far: Kong's host sizes a
+    /// truncated map's buffer for other pairs than it writes
+    /// (`ngx_proxy_wasm_pairs_size` counts 100 list entries and one
+    /// pseudo-header, the marshaller writes 4 pseudo-headers and 96 entries).
+    pub fn from_bytes(bytes: &[u8]) -> HeaderMap {
+        let declared = read_u32(bytes, 0).unwrap_or(0);
+        let mut pairs = Vec::new();
+        let mut data = 4usize.saturating_add(declared.saturating_mul(8));
+        for i in 0..declared {
+            let sizes = 4 + i * 8;
+            let (Some(klen), Some(vlen)) = (read_u32(bytes, sizes), read_u32(bytes, sizes + 4))
+            else {
+                break;
+            };
+            let Some(key) = bytes.get(data..data.saturating_add(klen)) else {
+                break;
+            };
+            data = data.saturating_add(klen).saturating_add(1);
+            let Some(value) = bytes.get(data..data.saturating_add(vlen)) else {
+                break;
+            };
+            data = data.saturating_add(vlen).saturating_add(1);
+            pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        }
+        HeaderMap { pairs, declared }
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let arr: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(arr)).ok()
+}
+
+/// An HTTP call the filter asks the host to make.
+#[derive(Debug, Clone)]
+pub struct Dispatch<'a> {
+    /// `host:port` to connect to.
+    pub address: &'a str,
+    /// Pseudo-headers first.
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: &'a [u8],
+    pub timeout: Duration,
+}
+
+/// The proxy host, as the filter needs it. Calls that change something never
+/// fail loudly: a refusal is logged by the implementation and the exchange
+/// goes on (the SDK's own wrappers would trap instead).
+pub trait Host {
+    fn header_map(&mut self, map: Map) -> HeaderMap;
+    /// Replaces every value of a header (`Some`) or removes it (`None`).
+    fn set_header(&mut self, map: Map, name: &str, value: Option<&str>);
+    fn add_header(&mut self, map: Map, name: &str, value: &str);
+    /// A property's bytes; `None` when the host has none or refuses.
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+    /// False when the host refused.
+    fn set_property(&mut self, path: &[&str], value: &[u8]) -> bool;
+    /// Up to `size` bytes of a body buffer; `None` when the host cannot hand
+    /// it over (a body spooled to a file, a dispatch that timed out mid-body).
+    fn body(&mut self, body: Body, size: usize) -> Option<Vec<u8>>;
+    /// Drops `size` bytes from `start` of the current response-body chunk.
+    fn cut_response_body(&mut self, start: usize, size: usize);
+    /// Starts a call; its token, or the host's reason for refusing it.
+    fn dispatch(&mut self, call: Dispatch<'_>) -> Result<u32, String>;
+    /// Answers the client with a local response.
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: Option<&[u8]>);
+    /// Lets a paused request go on to the upstream.
+    fn resume_request(&mut self);
+    fn now(&mut self) -> SystemTime;
+}
+
+/// Names a proxy-wasm status code for log lines.
+pub fn status_name(code: u32) -> String {
+    match code {
+        1 => "NotFound".into(),
+        2 => "BadArgument".into(),
+        3 => "SerializationFailure".into(),
+        4 => "ParseFailure".into(),
+        7 => "Empty".into(),
+        8 => "CasMismatch".into(),
+        10 => "InternalFailure".into(),
+        12 => "Unimplemented".into(),
+        other => format!("status {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(k.as_bytes());
+            out.push(0);
+            out.extend(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn maps_decode_and_a_cut_map_keeps_its_whole_pairs() {
+        let bytes = encode(&[(":path", "/x"), ("Host", "a"), ("x-long", "0123456789")]);
+        let m = HeaderMap::from_bytes(&bytes);
+        assert_eq!(m.declared, 3);
+        assert_eq!(m.text("host").as_deref(), Some("a"));
+        let cut = HeaderMap::from_bytes(&bytes[..bytes.len() - 6]);
+        assert_eq!((cut.declared, cut.pairs.len()), (3, 2));
+        assert_eq!(HeaderMap::from_bytes(&[1, 0]), HeaderMap::default());
+    }
+}
