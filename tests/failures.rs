@@ -92,11 +92,7 @@ fn case35_200_empty_body_is_502() {
 #[test]
 fn case36_unreachable_is_502_rec() {
     // Connection refused: a port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let mut env = Env::new(allow_all, json!({}));
     let (mut emu, chain) = emulator(
         HostOptions::default(),
@@ -189,7 +185,7 @@ fn policy_reply_that_stalls_mid_body_is_a_timeout_not_a_trap() {
 fn case36_tls() {
     let pki = TestPki::generate().unwrap();
     let pdp = Pdp::start_tls(Some(pki.server_config().unwrap()), allow_all);
-    let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
+    let upstream = upstream();
     let cfg = {
         let mut c = config(pdp.port(), json!({}));
         c["service_url"] = format!("https://localhost:{}", pdp.port()).into();
@@ -290,7 +286,7 @@ fn case38_429_without_retry_after_never_breaks_later_requests_rec() {
 #[test]
 fn case39_429_scope_is_one_filter_configuration_rec() {
     let pdp = Pdp::start(rate_limited(Some("30")));
-    let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
+    let upstream = upstream();
     let mut emu = Emulator::new(&wasm(), HostOptions::default()).unwrap();
     let entry = |secret: &str| FilterEntry {
         name: "ping_auth".into(),
@@ -315,18 +311,13 @@ fn case39_429_scope_is_one_filter_configuration_rec() {
 
 #[test]
 fn case40_uppercase_scheme_works_rec() {
-    let pdp = Pdp::start(allow_all);
-    let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
-    let mut c = config(pdp.port(), json!({}));
-    c["service_url"] = format!("HTTP://127.0.0.1:{}", pdp.port()).into();
-    let (mut emu, chain) = emulator(
-        HostOptions::default(),
-        service(upstream.addr().port()),
-        route(),
-        c.to_string().into_bytes(),
-    );
+    let mut env = Env::with_config(allow_all, |pdp_port| {
+        let mut c = config(pdp_port, json!({}));
+        c["service_url"] = format!("HTTP://127.0.0.1:{pdp_port}").into();
+        c
+    });
     assert_eq!(
-        emu.send(chain, get("/")).status,
+        env.send(get("/")).status,
         200,
         "[REC] Lua answered 500 to every request"
     );

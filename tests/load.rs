@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{config, emulator, route, service, Pdp};
+use common::{config, emulator, route, service, upstream, Pdp};
 use ping_auth_harness::emulator::{Emulator, HostOptions, LogLevel};
 use ping_auth_harness::gateway::Gateway;
 use ping_auth_harness::http::{client::Connection, Request, Response};
@@ -150,7 +150,7 @@ struct Run {
 
 fn start(hook: bool) -> Run {
     let pdp = Pdp::start(policy);
-    let upstream = Upstream::start("127.0.0.1:0", None).unwrap();
+    let upstream = upstream();
     let cfg = config(
         pdp.port(),
         json!({"enable_response_hook": hook, "connection_timeout_ms": 20000}),

@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use ping_auth_harness::emulator::{BodyMode, HostOptions, HttpVersion};
+use ping_auth_harness::emulator::{BodyMode, ClientResponse, HostOptions, HttpVersion};
 use ping_auth_harness::http::{Request, Response};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -281,18 +281,13 @@ fn case15_sideband_http_request() {
         ("/base/", "/base/sideband/request"),
         ("/base?x=1", "/base/sideband/request?x=1"),
     ] {
-        let pdp = Pdp::start(allow_all);
-        let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
-        let mut cfg = config(pdp.port(), json!({}));
-        cfg["service_url"] = format!("http://127.0.0.1:{}{base}", pdp.port()).into();
-        let (mut emu, chain) = emulator(
-            HostOptions::default(),
-            service(upstream.addr().port()),
-            route(),
-            cfg.to_string().into_bytes(),
-        );
-        emu.send(chain, get("/"));
-        assert_eq!(pdp.requests()[0].target, expected);
+        let mut env = Env::with_config(allow_all, |pdp_port| {
+            let mut c = config(pdp_port, json!({}));
+            c["service_url"] = format!("http://127.0.0.1:{pdp_port}{base}").into();
+            c
+        });
+        env.send(get("/"));
+        assert_eq!(env.pdp.requests()[0].target, expected);
     }
 }
 
@@ -535,33 +530,21 @@ fn case22_method_change_and_bad_method() {
 #[test]
 fn case23_url_path_query_host_scheme() {
     for hook in MODES {
-        let mut env = Env::new(
-            allow_with(|v| v["url"] = "http://kong:8000/v2/x?y=2".into()),
-            mode(hook),
-        );
-        env.send(get("/a/b?x=1"));
+        let (env, _) = send_with_url(hook, "http://kong:8000/v2/x?y=2", "/a/b?x=1");
         assert_eq!(
             env.upstream.last_request().unwrap().target,
             "/v2/x?y=2",
             "hook {hook}"
         );
 
-        let mut env = Env::new(
-            allow_with(|v| v["url"] = "http://kong:8000/a/b".into()),
-            mode(hook),
-        );
-        env.send(get("/a/b?x=1"));
+        let (env, _) = send_with_url(hook, "http://kong:8000/a/b", "/a/b?x=1");
         assert_eq!(
             env.upstream.last_request().unwrap().target,
             "/a/b",
             "query removed (hook {hook})"
         );
 
-        let mut env = Env::new(
-            allow_with(|v| v["url"] = "http://other:8443/a".into()),
-            mode(hook),
-        );
-        env.send(get("/a"));
+        let (env, _) = send_with_url(hook, "http://other:8443/a", "/a");
         let up = env.upstream.last_request().unwrap();
         assert_eq!(
             req_header(&up, "host"),
@@ -569,13 +552,17 @@ fn case23_url_path_query_host_scheme() {
             "Host changed, same target (hook {hook})"
         );
 
-        let mut env = Env::new(
-            allow_with(|v| v["url"] = "https://kong:8000/a".into()),
-            mode(hook),
-        );
-        assert_eq!(env.send(get("/a")).status, 200);
+        let (env, resp) = send_with_url(hook, "https://kong:8000/a", "/a");
+        assert_eq!(resp.status, 200);
         assert!(env.log_contains("not supported. (\"http\" => \"https\")"));
     }
+}
+
+/// Sends `GET <target>`, allowed with the policy's `url` set to `url`.
+fn send_with_url(hook: bool, url: &'static str, target: &str) -> (Env, ClientResponse) {
+    let mut env = Env::new(allow_with(move |v| v["url"] = url.into()), mode(hook));
+    let resp = env.send(get(target));
+    (env, resp)
 }
 
 #[test]
@@ -765,22 +752,18 @@ fn deny_builtin_headers_reach_the_client_with_their_values() {
     let resp = env.send(get("/"));
     assert_eq!(resp.status, 401);
     assert_eq!(resp.body, b"login first");
-    for (name, value) in [
-        ("www-authenticate", "Bearer realm=\"api\""),
-        ("location", "/login"),
-        ("etag", "\"v1\""),
-        ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
-        ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
-        ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
-        ("content-encoding", "identity"),
-    ] {
-        assert_eq!(
-            header_all(&resp, name),
-            [value],
-            "{name}: {:?}",
-            resp.headers
-        );
-    }
+    assert_single_headers(
+        &resp,
+        &[
+            ("www-authenticate", "Bearer realm=\"api\""),
+            ("location", "/login"),
+            ("etag", "\"v1\""),
+            ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("content-encoding", "identity"),
+        ],
+    );
     assert_eq!(header_all(&resp, "cache-control"), ["no-store", "private"]);
     assert_eq!(header_all(&resp, "set-cookie"), ["a=1", "b=2"]);
     assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
@@ -934,12 +917,8 @@ fn case52_overlapping_requests_keep_their_own_state() {
 #[test]
 fn plain_proxy_wasm_host_applies_path_query_host_through_headers() {
     // Without Kong's properties the filter rewrites `:path` and `host`.
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
     let mut env = Env::with(
-        opts,
+        plain_host(),
         route(),
         allow_with(|v| {
             v["url"] = "http://other:9000/v2/x?y=2".into();
@@ -962,12 +941,8 @@ fn plain_proxy_wasm_host_applies_path_query_host_through_headers() {
 #[test]
 fn plain_host_path_with_non_utf8_bytes_does_not_trap() {
     // nginx's `:path` is the decoded $uri: `%FF` is a raw 0xFF byte there.
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
     let mut env = Env::with(
-        opts,
+        plain_host(),
         route(),
         allow_with(|v| v["url"] = "http://kong:8000/x%FF?changed=1".into()),
         json!({"enable_response_hook": false}),

@@ -276,20 +276,16 @@ fn builtin_response_headers_of_the_policy_reply_reach_the_client_once() {
     let resp = env.send(get("/"));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"body");
-    for (name, value) in [
-        ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
-        ("etag", "\"abc\""),
-        ("location", "/next"),
-        ("last-modified", "Tue, 20 Oct 2015 07:28:00 GMT"),
-        ("accept-ranges", "bytes"),
-    ] {
-        assert_eq!(
-            header_all(&resp, name),
-            [value],
-            "{name}: {:?}",
-            resp.headers
-        );
-    }
+    assert_single_headers(
+        &resp,
+        &[
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("etag", "\"abc\""),
+            ("location", "/next"),
+            ("last-modified", "Tue, 20 Oct 2015 07:28:00 GMT"),
+            ("accept-ranges", "bytes"),
+        ],
+    );
     assert_eq!(header_all(&resp, "server").len(), 1, "{:?}", resp.headers);
     assert!(!env.log_contains("cannot add new"), "{:?}", env.logs());
 }
@@ -309,11 +305,7 @@ fn upstream_failures_are_502_or_504() {
     assert!(env.log_contains("Upstream call to"));
     assert_eq!(env.pdp.calls("/sideband/response").len(), 0);
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let pdp = Pdp::start(allow_all);
     let (mut emu, chain) = emulator(
         HostOptions::default(),
@@ -396,7 +388,7 @@ fn sizes_content_length_chunked_and_limit() {
 #[test]
 fn kong_routing_strip_path_service_path_preserve_host() {
     let pdp = Pdp::start(allow_all);
-    let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
+    let upstream = upstream();
     for hook in [true, false] {
         let mut svc = service(upstream.addr().port());
         svc.path = Some("/api".into());
@@ -430,11 +422,8 @@ fn kong_routing_strip_path_service_path_preserve_host() {
 #[test]
 fn plain_host_uses_upstream_url_or_fails_closed() {
     let pdp = Pdp::start(allow_all);
-    let upstream = ping_auth_harness::upstream::Upstream::start("127.0.0.1:0", None).unwrap();
-    let plain = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
+    let upstream = upstream();
+    let plain = plain_host();
 
     let cfg = config(pdp.port(), json!({})).to_string().into_bytes();
     let (mut emu, chain) = emulator(plain.clone(), service(upstream.addr().port()), route(), cfg);

@@ -229,6 +229,52 @@ fn kong(server: &TestServer) -> (Emulator, ChainId) {
     setup(HostOptions::default(), server, "")
 }
 
+/// A test server and a Kong host with one `probe` chain proxying to it.
+fn kong_env() -> (TestServer, Emulator, ChainId) {
+    let server = TestServer::start();
+    let (emu, chain) = kong(&server);
+    (server, emu, chain)
+}
+
+/// A test server and a plain nginx host with one `probe` chain proxying to it.
+fn nginx_env() -> (TestServer, Emulator, ChainId) {
+    let server = TestServer::start();
+    let (emu, chain) = nginx(&server);
+    (server, emu, chain)
+}
+
+/// Plain ngx_wasm_module in nginx (no Kong), one `probe` chain on `server`.
+fn nginx(server: &TestServer) -> (Emulator, ChainId) {
+    let opts = HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    };
+    setup(opts, server, "")
+}
+
+/// An emulator (Kong host) with no chain yet.
+fn emulator() -> Emulator {
+    Emulator::new(&probe(), HostOptions::default()).unwrap()
+}
+
+/// Adds a chain of `probe` filters with these configurations, its service
+/// (on `server`) and route (`/`) both called `name`.
+fn add_probes(
+    emu: &mut Emulator,
+    name: &str,
+    server: &TestServer,
+    configs: &[&str],
+) -> Result<ChainId, ConfigureError> {
+    emu.add_chain(
+        Service::new(name, "http", "127.0.0.1", server.port()),
+        Route::new(name, &["/"]),
+        configs
+            .iter()
+            .map(|config| FilterEntry::new("probe", *config))
+            .collect(),
+    )
+}
+
 /// Log lines written by the filter.
 fn filter_lines(emu: &Emulator) -> Vec<String> {
     emu.logs()
@@ -257,6 +303,24 @@ fn get(path: &str) -> ClientRequest {
     ClientRequest::get(path)
 }
 
+/// `GET /a` whose `on_http_request_headers` runs `req_headers` (a dispatch
+/// and a pause) and whose `on_http_call_response` runs `call_response`
+/// (`x-probe-req-headers` and `x-probe-call-response` commands).
+fn get_with_call_response(req_headers: &str, call_response: &str) -> ClientRequest {
+    get("/a")
+        .header("x-probe-req-headers", req_headers)
+        .header("x-probe-call-response", call_response)
+}
+
+/// `GET /a`, answered by the probe with a local response (`local`, an
+/// `x-probe-req-headers` command) whose headers it then changes
+/// (`resp_headers`, `x-probe-resp-headers` commands).
+fn local_reply(local: &str, resp_headers: &str) -> ClientRequest {
+    get("/a")
+        .header("x-probe-req-headers", local)
+        .header("x-probe-resp-headers", resp_headers)
+}
+
 /// A port with nothing listening.
 fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -267,8 +331,7 @@ fn closed_port() -> u16 {
 
 #[test]
 fn request_lifecycle_order_and_eof_flags() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, ClientRequest::post("/a", b"hello"));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok");
@@ -300,8 +363,7 @@ fn request_lifecycle_order_and_eof_flags() {
 
 #[test]
 fn empty_body_gets_no_body_step() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let mut req = ClientRequest::post("/a", b"");
     req.body_mode = BodyMode::Chunked;
     let resp = emu.send(chain, req);
@@ -316,8 +378,7 @@ fn empty_body_gets_no_body_step() {
 
 #[test]
 fn request_body_read_in_body_step_not_in_headers_step() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let req = ClientRequest::post("/a", b"hello")
         .header("x-probe-req-headers", "read-body")
         .header("x-probe-req-body", "read-body")
@@ -340,8 +401,7 @@ fn request_body_read_in_body_step_not_in_headers_step() {
 
 #[test]
 fn get_request_body_copies_from_the_start_whatever_the_offset() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let req = ClientRequest::post("/a", b"0123456789").header("x-probe-req-body", "read-body:4|3");
     emu.send(chain, req);
     assert_eq!(lines_with(&emu, "req-body len=").len(), 1);
@@ -354,8 +414,7 @@ fn get_request_body_copies_from_the_start_whatever_the_offset() {
 
 #[test]
 fn spooled_request_body_cannot_be_read() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let body = vec![b'x'; 9000];
     let req = ClientRequest::post("/a", &body).header("x-probe-req-body", "read-body");
     let resp = emu.send(chain, req);
@@ -384,8 +443,7 @@ fn larger_client_body_buffer_keeps_body_readable() {
 
 #[test]
 fn dispatch_in_response_headers_traps_and_upstream_response_passes() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!(
         "dispatch:{}|/x|1000;add-resp-header:x-after=1",
         server.target()
@@ -413,8 +471,7 @@ fn dispatch_in_response_headers_traps_and_upstream_response_passes() {
 
 #[test]
 fn dispatch_in_response_body_and_log_traps() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/x|1000", server.target());
     let resp = emu.send(chain, get("/a").header("x-probe-resp-body", &cmd));
     assert!(resp.trapped);
@@ -433,8 +490,7 @@ fn dispatch_in_response_body_and_log_traps() {
 
 #[test]
 fn trap_replaces_instance_and_reconfigures_lazily_without_vm_start() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     assert_eq!(lines_with(&emu, "vm_start").len(), 1);
     assert_eq!(lines_with(&emu, "configure").len(), 1);
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
@@ -463,8 +519,7 @@ fn trap_replaces_instance_and_reconfigures_lazily_without_vm_start() {
 
 #[test]
 fn trap_in_request_headers_answers_500() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
     assert_eq!(resp.status, 500);
     assert!(resp.text().contains("An unexpected error occurred"));
@@ -473,12 +528,7 @@ fn trap_in_request_headers_answers_500() {
     assert!(lines_with(&emu, "step resp-headers").is_empty());
     assert!(lines_with(&emu, "step log").is_empty());
 
-    let server = TestServer::start();
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    let (mut emu, chain) = setup(opts, &server, "");
+    let (_server, mut emu, chain) = nginx_env();
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "trap"));
     assert_eq!(resp.status, 500);
     assert!(resp.text().contains("500 Internal Server Error"));
@@ -486,15 +536,9 @@ fn trap_in_request_headers_answers_500() {
 
 #[test]
 fn dispatch_success_headers_include_status_and_dispatch_status_ok() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/json|1000;pause", server.target());
-    let resp = emu.send(
-        chain,
-        get("/a")
-            .header("x-probe-req-headers", &cmd)
-            .header("x-probe-call-response", "dump-call"),
-    );
+    let resp = emu.send(chain, get_with_call_response(&cmd, "dump-call"));
     assert_eq!(resp.status, 200);
     let call = lines_with(&emu, "step call-response")[0].clone();
     assert!(
@@ -518,8 +562,7 @@ fn dispatch_success_headers_include_status_and_dispatch_status_ok() {
 
 #[test]
 fn dispatch_request_is_http11_with_connection_close_and_authority_as_host() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!(
         "dispatch:{}|/p?q=1|1000||pdp.example:8443|POST|payload;pause",
         server.target()
@@ -550,8 +593,7 @@ fn dispatch_request_is_http11_with_connection_close_and_authority_as_host() {
 
 #[test]
 fn dispatch_failures_call_back_with_no_status() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let hang = format!("dispatch:{}|/hang|200;pause", server.target());
     let garbage = format!("dispatch:{}|/garbage|1000;pause", server.target());
     let refused = format!("dispatch:127.0.0.1:{}|/x|1000;pause", closed_port());
@@ -594,16 +636,12 @@ fn dispatch_failures_call_back_with_no_status() {
 /// partial length, but has no body buffer: reading it answers BadArgument.
 #[test]
 fn dispatch_read_timeout_mid_body_calls_back_with_head_and_unreadable_body() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/stall/100/10|300;pause", server.target());
     let started = Instant::now();
     let resp = emu.send(
         chain,
-        get("/a").header("x-probe-req-headers", &cmd).header(
-            "x-probe-call-response",
-            "dump-call-headers;call-body-status",
-        ),
+        get_with_call_response(&cmd, "dump-call-headers;call-body-status"),
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     let call = lines_with(&emu, "step call-response");
@@ -643,8 +681,7 @@ fn dispatch_read_timeout_mid_body_calls_back_with_head_and_unreadable_body() {
 
 #[test]
 fn dispatch_resolver_failure() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let cmd = "dispatch:no-such-host.invalid:80|/x|1000;pause";
     emu.send(chain, get("/a").header("x-probe-req-headers", cmd));
     let call = lines_with(&emu, "step call-response");
@@ -676,8 +713,7 @@ fn dispatch_timeout_zero_uses_socket_timeout() {
 
 #[test]
 fn dispatch_tls_requires_trusted_ca_and_sni_name() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     // An IP literal with no :authority cannot give an SNI.
     let cmd = format!("dispatch:{}|/x|1000|https;pause", server.target());
     emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
@@ -690,8 +726,7 @@ fn dispatch_tls_requires_trusted_ca_and_sni_name() {
 
 #[test]
 fn dispatch_bad_arguments_trap() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     for (cmd, msg) in [
         (
             format!("dispatch:{}|/x|1000|||-", server.target()),
@@ -715,8 +750,7 @@ fn dispatch_bad_arguments_trap() {
 
 #[test]
 fn chained_dispatches_keep_request_paused_until_the_last() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let first = format!("dispatch:{}|/slow/50|1000;pause", server.target());
     let second = format!("dispatch:{}|/slow/30/second|1000", server.target());
     let resp = emu.send(
@@ -738,8 +772,7 @@ fn chained_dispatches_keep_request_paused_until_the_last() {
 
 #[test]
 fn parallel_dispatches_resume_after_all() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!(
         "dispatch:{t}|/slow/80/a|1000;dispatch:{t}|/slow/10/b|1000;pause",
         t = server.target()
@@ -759,8 +792,7 @@ fn parallel_dispatches_resume_after_all() {
 
 #[test]
 fn continue_after_dispatch_does_not_wait() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/slow/300|1000;continue", server.target());
     let started = Instant::now();
     let id = emu.start(chain, get("/a").header("x-probe-req-headers", &cmd));
@@ -773,14 +805,11 @@ fn continue_after_dispatch_does_not_wait() {
 
 #[test]
 fn resume_http_request_in_call_response_is_harmless() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", &cmd)
-            .header("x-probe-call-response", "resume;resume-response"),
+        get_with_call_response(&cmd, "resume;resume-response"),
     );
     assert_eq!(resp.status, 200);
     assert_eq!(resp.upstream_requests, 1);
@@ -789,8 +818,7 @@ fn resume_http_request_in_call_response_is_harmless() {
 
 #[test]
 fn requests_interleave_and_callbacks_come_in_completion_order() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let slow = format!("dispatch:{}|/slow/200|2000;pause", server.target());
     let fast = format!("dispatch:{}|/slow/10|2000;pause", server.target());
     let a = emu.start(chain, get("/a").header("x-probe-req-headers", &slow));
@@ -808,8 +836,7 @@ fn requests_interleave_and_callbacks_come_in_completion_order() {
 
 #[test]
 fn pause_without_dispatch_stalls_the_request() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "pause"));
     assert!(resp.stalled);
     assert!(server.seen().is_empty());
@@ -817,8 +844,7 @@ fn pause_without_dispatch_stalls_the_request() {
 
 #[test]
 fn pause_in_response_headers_means_local_response() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-resp-headers", "pause"));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok");
@@ -831,17 +857,8 @@ fn pause_in_response_headers_means_local_response() {
     // With two filters, the pause stops the chain: the second filter's
     // on_response_headers is skipped, and so is the first filter's first
     // on_response_body (the chain resumes from the second filter).
-    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
-    let chain = emu
-        .add_chain(
-            Service::new("a", "http", "127.0.0.1", server.port()),
-            Route::new("a", &["/"]),
-            vec![
-                FilterEntry::new("probe", "one"),
-                FilterEntry::new("probe", "two"),
-            ],
-        )
-        .unwrap();
+    let mut emu = emulator();
+    let chain = add_probes(&mut emu, "a", &server, &["one", "two"]).unwrap();
     emu.send(chain, get("/a").header("x-probe-resp-headers", "pause"));
     assert_eq!(lines_with(&emu, "step resp-headers id").len(), 1);
     let body_calls = lines_with(&emu, "step resp-body id");
@@ -850,8 +867,7 @@ fn pause_in_response_headers_means_local_response() {
 
 #[test]
 fn pause_in_request_body_without_dispatch_stalls() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         ClientRequest::post("/a", b"x").header("x-probe-req-body", "pause"),
@@ -862,8 +878,7 @@ fn pause_in_request_body_without_dispatch_stalls() {
 
 #[test]
 fn second_pause_in_response_body_is_ignored_with_error() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/big/100").header("x-probe-resp-body", "pause"));
     assert_eq!(resp.text().len(), 100);
     let calls = lines_with(&emu, "step resp-body id");
@@ -877,13 +892,10 @@ fn second_pause_in_response_body_is_ignored_with_error() {
 
 #[test]
 fn local_response_from_request_headers() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", "local:403|denied|x-a=1")
-            .header("x-probe-resp-headers", "add-resp-header:x-late=1"),
+        local_reply("local:403|denied|x-a=1", "add-resp-header:x-late=1"),
     );
     assert_eq!(resp.status, 403);
     assert!(resp.local);
@@ -907,8 +919,7 @@ fn local_response_from_request_headers() {
 
 #[test]
 fn local_response_empty_body() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "local:401|"));
     assert_eq!(resp.status, 401);
     assert!(resp.body.is_empty());
@@ -918,28 +929,20 @@ fn local_response_empty_body() {
 
 #[test]
 fn local_response_keeps_last_value_of_repeated_header() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:200|x|set-cookie=a=1,set-cookie=b=2",
-            )
-            .header("x-probe-resp-headers", "add-resp-header:Set-Cookie=c=3"),
+        local_reply(
+            "local:200|x|set-cookie=a=1,set-cookie=b=2",
+            "add-resp-header:Set-Cookie=c=3",
+        ),
     );
     assert_eq!(resp.header_all("set-cookie"), vec!["b=2", "c=3"]);
 }
 
 #[test]
 fn local_response_content_type_defaults() {
-    let server = TestServer::start();
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    let (mut emu, chain) = setup(opts, &server, "");
+    let (_server, mut emu, chain) = nginx_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-req-headers", "local:200|hi"),
@@ -960,8 +963,7 @@ fn local_response_content_type_defaults() {
 
 #[test]
 fn second_local_response_traps() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-req-headers", "local:403|a;local:401|b"),
@@ -972,19 +974,13 @@ fn second_local_response_traps() {
 
 #[test]
 fn local_response_from_call_response_cancels_pending_dispatches() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!(
         "dispatch:{t}|/slow/10|2000;dispatch:{t}|/slow/300|2000;pause",
         t = server.target()
     );
     let started = Instant::now();
-    let resp = emu.send(
-        chain,
-        get("/a")
-            .header("x-probe-req-headers", &cmd)
-            .header("x-probe-call-response", "local:503|pdp down"),
-    );
+    let resp = emu.send(chain, get_with_call_response(&cmd, "local:503|pdp down"));
     assert_eq!(resp.status, 503);
     assert_eq!(resp.body, b"pdp down\n");
     assert!(has_line(
@@ -998,8 +994,7 @@ fn local_response_from_call_response_cancels_pending_dispatches() {
 
 #[test]
 fn local_response_from_response_headers_replaces_status_and_body_only() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header(
@@ -1015,8 +1010,7 @@ fn local_response_from_response_headers_replaces_status_and_body_only() {
 
 #[test]
 fn local_response_from_response_headers_keeps_upstream_content_length() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-resp-headers", "local:403|forbidden"),
@@ -1028,8 +1022,7 @@ fn local_response_from_response_headers_keeps_upstream_content_length() {
 
 #[test]
 fn local_response_from_response_body_traps() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-resp-body", "local:403|x"));
     assert!(resp.trapped);
     assert!(has_line(&emu, "response already sent"));
@@ -1131,8 +1124,7 @@ fn chunked_upstream_ends_with_empty_eof_call() {
 
 #[test]
 fn set_response_body_cuts_value_to_size() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a")
@@ -1153,8 +1145,7 @@ fn set_response_body_cuts_value_to_size() {
 
 #[test]
 fn changing_body_length_without_removing_content_length_breaks_framing() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-resp-body-1", "set-resp-body:0|100|longer body"),
@@ -1171,8 +1162,7 @@ fn changing_body_length_without_removing_content_length_breaks_framing() {
 
 #[test]
 fn request_pseudo_headers_come_first() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let mut req = get("/a/./b/../c%20d?x=1&y").header("X-Mixed-Case", "v");
     req.server_port = 8000;
     emu.send(chain, req.header("x-probe-req-headers", "dump-req-headers"));
@@ -1185,8 +1175,7 @@ fn request_pseudo_headers_come_first() {
 
 #[test]
 fn response_headers_include_status_shims_and_kong_headers() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a").header("x-probe-resp-headers", "dump-resp-headers"),
@@ -1199,8 +1188,7 @@ fn response_headers_include_status_shims_and_kong_headers() {
 
 #[test]
 fn path_and_host_headers_alone_do_not_change_kong_proxying() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a?x=1").header(
@@ -1229,12 +1217,7 @@ fn path_and_host_headers_alone_do_not_change_kong_proxying() {
 
 #[test]
 fn plain_nginx_proxies_path_and_host_header() {
-    let server = TestServer::start();
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    let (mut emu, chain) = setup(opts, &server, "");
+    let (server, mut emu, chain) = nginx_env();
     emu.send(
         chain,
         get("/a?x=1").header(
@@ -1250,7 +1233,7 @@ fn plain_nginx_proxies_path_and_host_header() {
 #[test]
 fn kong_proxies_with_forwarded_headers_and_strip_path() {
     let server = TestServer::start();
-    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
+    let mut emu = emulator();
     let mut service = Service::new("svc", "http", "127.0.0.1", server.port());
     service.path = Some("/base".to_string());
     let chain = emu
@@ -1282,8 +1265,7 @@ fn kong_proxies_with_forwarded_headers_and_strip_path() {
 
 #[test]
 fn setting_response_headers_after_body_started_traps() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-resp-body", "add-resp-header:x=1"),
@@ -1308,20 +1290,14 @@ fn host_errors(emu: &Emulator) -> Vec<String> {
 
 #[test]
 fn removed_builtin_header_keeps_its_slot_so_adding_it_again_fails() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:401|denied|www-authenticate=Bearer",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:www-authenticate;add-resp-header:WWW-Authenticate=Bearer realm=x;\
-                 remove-resp-header:date;add-resp-header:Date=Thu, 01 Jan 2026 00:00:00 GMT",
-            ),
+        local_reply(
+            "local:401|denied|www-authenticate=Bearer",
+            "remove-resp-header:www-authenticate;add-resp-header:WWW-Authenticate=Bearer realm=x;\
+             remove-resp-header:date;add-resp-header:Date=Thu, 01 Jan 2026 00:00:00 GMT",
+        ),
     );
     assert_eq!(resp.status, 401);
     // The remove only blanked the slot's entry: the add is refused, and the
@@ -1360,20 +1336,14 @@ fn names(resp: &ClientResponse) -> Vec<&str> {
 
 #[test]
 fn set_after_remove_revives_a_builtin_header() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:401|denied|www-authenticate=Bearer,x-after=1",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
-                 remove-resp-header:date;set-resp-header:date=Thu, 01 Jan 2026 00:00:00 GMT",
-            ),
+        local_reply(
+            "local:401|denied|www-authenticate=Bearer,x-after=1",
+            "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
+             remove-resp-header:date;set-resp-header:date=Thu, 01 Jan 2026 00:00:00 GMT",
+        ),
     );
     assert_eq!(resp.header_all("www-authenticate"), vec!["Basic"]);
     assert_eq!(
@@ -1393,32 +1363,24 @@ fn set_after_remove_revives_a_builtin_header() {
     // The slot lives on: a second value still cannot be added.
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:401|denied|www-authenticate=Bearer",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
-                 add-resp-header:www-authenticate=Digest",
-            ),
+        local_reply(
+            "local:401|denied|www-authenticate=Bearer",
+            "remove-resp-header:www-authenticate;set-resp-header:www-authenticate=Basic;\
+             add-resp-header:www-authenticate=Digest",
+        ),
     );
     assert_eq!(resp.header_all("www-authenticate"), vec!["Basic"]);
 }
 
 #[test]
 fn second_value_of_a_builtin_header_cannot_be_added() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", "local:200|x|etag=\"a\"")
-            .header(
-                "x-probe-resp-headers",
-                "add-resp-header:etag=\"b\";add-resp-header:server=other",
-            ),
+        local_reply(
+            "local:200|x|etag=\"a\"",
+            "add-resp-header:etag=\"b\";add-resp-header:server=other",
+        ),
     );
     assert_eq!(resp.header_all("etag"), vec!["\"a\""]);
     assert_eq!(resp.header_all("server"), vec!["kong/3.9.3"]);
@@ -1441,16 +1403,13 @@ fn second_value_of_a_builtin_header_cannot_be_added() {
 
 #[test]
 fn relative_location_has_no_slot_so_remove_then_add_sends_it_twice() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", "local:302|moved|location=/next")
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:location;add-resp-header:location=/next",
-            ),
+        local_reply(
+            "local:302|moved|location=/next",
+            "remove-resp-header:location;add-resp-header:location=/next",
+        ),
     );
     assert_eq!(resp.status, 302);
     assert_eq!(resp.header_all("location"), vec!["/next", "/next"]);
@@ -1460,9 +1419,7 @@ fn relative_location_has_no_slot_so_remove_then_add_sends_it_twice() {
     // relative Location survives it.
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", "local:302|moved|location=/next")
-            .header("x-probe-resp-headers", "set-resp-headers:x-a=1"),
+        local_reply("local:302|moved|location=/next", "set-resp-headers:x-a=1"),
     );
     assert_eq!(resp.header_all("location"), vec!["/next"]);
     assert_eq!(resp.header("x-a").as_deref(), Some("1"));
@@ -1470,15 +1427,10 @@ fn relative_location_has_no_slot_so_remove_then_add_sends_it_twice() {
     // An absolute Location keeps its slot like the other builtins.
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:302|moved|location=https://x.example/next",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:location;add-resp-header:location=https://x.example/next",
-            ),
+        local_reply(
+            "local:302|moved|location=https://x.example/next",
+            "remove-resp-header:location;add-resp-header:location=https://x.example/next",
+        ),
     );
     assert_eq!(resp.header("location"), None);
     assert!(has_line(
@@ -1489,8 +1441,7 @@ fn relative_location_has_no_slot_so_remove_then_add_sends_it_twice() {
 
 #[test]
 fn proxied_builtin_headers_follow_the_upstream_modules_slots() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     // nginx copies an upstream WWW-Authenticate without a slot and keeps a
     // relative Location out of its slot: a remove does nothing, an add
     // appends.
@@ -1513,21 +1464,15 @@ fn proxied_builtin_headers_follow_the_upstream_modules_slots() {
 
 #[test]
 fn ordinary_header_remove_then_add_works() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     // The same steps on an ordinary header and on a builtin one.
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:200|x|x-foo=1,content-encoding=identity",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:x-foo;add-resp-header:X-Foo=2;\
-                 remove-resp-header:content-encoding;add-resp-header:content-encoding=gzip",
-            ),
+        local_reply(
+            "local:200|x|x-foo=1,content-encoding=identity",
+            "remove-resp-header:x-foo;add-resp-header:X-Foo=2;\
+             remove-resp-header:content-encoding;add-resp-header:content-encoding=gzip",
+        ),
     );
     assert_eq!(resp.header_all("x-foo"), vec!["2"]);
     assert!(names(&resp).contains(&"X-Foo"), "the filter's spelling");
@@ -1540,17 +1485,14 @@ fn ordinary_header_remove_then_add_works() {
 
 #[test]
 fn cache_control_takes_two_values() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
-        get("/a")
-            .header("x-probe-req-headers", "local:200|x|cache-control=private")
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:cache-control;add-resp-header:cache-control=no-cache;\
-                 add-resp-header:cache-control=no-store",
-            ),
+        local_reply(
+            "local:200|x|cache-control=private",
+            "remove-resp-header:cache-control;add-resp-header:cache-control=no-cache;\
+             add-resp-header:cache-control=no-store",
+        ),
     );
     assert_eq!(
         resp.header_all("cache-control"),
@@ -1569,23 +1511,17 @@ fn cache_control_takes_two_values() {
 
 #[test]
 fn content_length_and_last_modified_can_be_added_after_a_remove() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     // Their handlers null the slot on remove (ngx_http_clear_content_length,
     // ngx_http_clear_last_modified).
     let resp = emu.send(
         chain,
-        get("/a")
-            .header(
-                "x-probe-req-headers",
-                "local:200|abc|last-modified=Wed, 01 Jan 2025 00:00:00 GMT",
-            )
-            .header(
-                "x-probe-resp-headers",
-                "remove-resp-header:content-length;add-resp-header:content-length=4;\
-                 remove-resp-header:last-modified;add-resp-header:last-modified=Thu, 02 Jan 2025 00:00:00 GMT;\
-                 add-resp-header:content-length=4",
-            ),
+        local_reply(
+            "local:200|abc|last-modified=Wed, 01 Jan 2025 00:00:00 GMT",
+            "remove-resp-header:content-length;add-resp-header:content-length=4;\
+             remove-resp-header:last-modified;add-resp-header:last-modified=Thu, 02 Jan 2025 00:00:00 GMT;\
+             add-resp-header:content-length=4",
+        ),
     );
     assert_eq!(resp.header_all("content-length"), vec!["4"]);
     assert_eq!(
@@ -1607,8 +1543,7 @@ fn content_length_and_last_modified_can_be_added_after_a_remove() {
 
 #[test]
 fn set_of_a_header_with_two_values_removes_both() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     // ngx_http_wasm_set_header_helper blanks the second match, scans again
     // and blanks the one it had just updated.
     let resp = emu.send(
@@ -1649,11 +1584,7 @@ fn sent_lines(seen: &Seen) -> Vec<String> {
 
 /// Kong and plain nginx: both proxy with nginx's proxy module.
 fn both_modes(server: &TestServer) -> Vec<(Emulator, ChainId)> {
-    let plain = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    vec![kong(server), setup(plain, server, "")]
+    vec![kong(server), nginx(server)]
 }
 
 #[test]
@@ -1721,11 +1652,7 @@ fn removed_then_added_request_header_proxies_old_and_new_values() {
         assert!(!dump.contains("X-M: 0"), "{dump}");
     }
     // The plain nginx proxy does the same.
-    let plain = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    let (mut emu, chain) = setup(plain, &server, "");
+    let (mut emu, chain) = nginx(&server);
     emu.send(
         chain,
         get("/c")
@@ -1778,8 +1705,7 @@ fn removed_builtin_request_header_cannot_be_added_again_and_its_old_value_is_pro
 
 #[test]
 fn set_of_a_builtin_request_header_replaces_the_client_value_in_place() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     for cmd in [
         "set-req-header:authorization=Bearer new",
         // A set after a remove revives the blanked entry, still in place.
@@ -1810,8 +1736,7 @@ fn set_of_a_builtin_request_header_replaces_the_client_value_in_place() {
 
 #[test]
 fn set_of_a_request_header_sent_once_replaces_it_but_not_after_a_remove() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a")
@@ -1877,8 +1802,7 @@ fn set_of_a_request_header_sent_twice_blanks_both_and_both_are_proxied() {
 
 #[test]
 fn set_of_a_request_header_to_an_empty_value_proxies_it_empty() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a")
@@ -1910,8 +1834,7 @@ fn set_of_a_request_header_to_an_empty_value_proxies_it_empty() {
 fn set_request_headers_blanks_every_old_header_and_they_are_still_proxied() {
     // ngx_http_wasm_clear_req_headers removes each header through the
     // handlers before the new map is set.
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a")
@@ -1938,8 +1861,7 @@ fn set_request_headers_blanks_every_old_header_and_they_are_still_proxied() {
 fn removed_response_header_is_still_found_by_a_single_lookup() {
     // ngx_wasm_get_list_elem, behind get_http_response_header, does not
     // skip blanked entries; the map and the client do.
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header(
@@ -1959,8 +1881,7 @@ fn removed_response_header_is_still_found_by_a_single_lookup() {
 
 #[test]
 fn connection_response_header_values_are_matched_like_the_host() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-resp-headers", "set-resp-header:Connection=close"),
@@ -1990,8 +1911,7 @@ fn props(emu: &Emulator) -> Vec<String> {
 
 #[test]
 fn standard_and_ngx_properties() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let mut req = get("/a/%7Ex/../b?q=1").header(
         "x-probe-req-headers",
         "get-property:source.address;get-property:source.port;get-property:request.path;\
@@ -2036,8 +1956,7 @@ fn standard_and_ngx_properties() {
 
 #[test]
 fn client_certificate_property() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let mut req = get("/a").header(
         "x-probe-req-headers",
         "get-property:ngx.ssl_client_raw_cert;get-property:connection.mtls",
@@ -2054,8 +1973,7 @@ fn client_certificate_property() {
 
 #[test]
 fn kong_properties_inside_kong_only() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let cmds = "get-property:kong.router.service;get-property:kong.router.route;get-property:kong.route_id;\
         get-property:kong.service_name;get-property:kong.version;get-property:kong.request.forwarded_scheme;\
         get-property:kong.request.port;set-property:kong.ctx.shared.k=v1;get-property:kong.ctx.shared.k;\
@@ -2089,12 +2007,7 @@ fn kong_properties_inside_kong_only() {
         assert!(p.contains(&e.to_string()), "missing {e:?} in {p:#?}");
     }
 
-    let server = TestServer::start();
-    let opts = HostOptions {
-        kong: false,
-        ..HostOptions::default()
-    };
-    let (mut emu, chain) = setup(opts, &server, "");
+    let (_server, mut emu, chain) = nginx_env();
     emu.send(
         chain,
         get("/a").header(
@@ -2136,8 +2049,7 @@ fn kong_service_target_changes_the_upstream() {
 
 #[test]
 fn setting_unchangeable_ngx_variable_fails_and_sdk_traps() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-req-headers", "set-property:ngx.host=x"),
@@ -2165,17 +2077,8 @@ fn scoped_properties_refused_outside_requests() {
 #[test]
 fn configure_false_refuses_the_chain_with_its_logs() {
     let server = TestServer::start();
-    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
-    let err = emu
-        .add_chain(
-            Service::new("s", "http", "127.0.0.1", server.port()),
-            Route::new("r", &["/"]),
-            vec![
-                FilterEntry::new("probe", "ok"),
-                FilterEntry::new("probe", "fail"),
-            ],
-        )
-        .unwrap_err();
+    let mut emu = emulator();
+    let err = add_probes(&mut emu, "s", &server, &["ok", "fail"]).unwrap_err();
     assert_eq!(err.entry, 1);
     assert_eq!(err.reason, "on_configure returned false");
     assert!(err.logs.iter().any(|l| l.message.contains("config=fail")));
@@ -2184,24 +2087,9 @@ fn configure_false_refuses_the_chain_with_its_logs() {
 #[test]
 fn chains_share_one_instance_and_each_entry_has_its_root() {
     let server = TestServer::start();
-    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
-    let a = emu
-        .add_chain(
-            Service::new("a", "http", "127.0.0.1", server.port()),
-            Route::new("a", &["/"]),
-            vec![
-                FilterEntry::new("probe", "one"),
-                FilterEntry::new("probe", "two"),
-            ],
-        )
-        .unwrap();
-    let b = emu
-        .add_chain(
-            Service::new("b", "http", "127.0.0.1", server.port()),
-            Route::new("b", &["/"]),
-            vec![FilterEntry::new("probe", "three")],
-        )
-        .unwrap();
+    let mut emu = emulator();
+    let a = add_probes(&mut emu, "a", &server, &["one", "two"]).unwrap();
+    let b = add_probes(&mut emu, "b", &server, &["three"]).unwrap();
     assert_eq!(
         lines_with(&emu, "vm_start").len(),
         3,
@@ -2219,17 +2107,8 @@ fn chains_share_one_instance_and_each_entry_has_its_root() {
 #[test]
 fn filters_of_a_chain_run_in_order_and_a_local_response_stops_the_rest() {
     let server = TestServer::start();
-    let mut emu = Emulator::new(&probe(), HostOptions::default()).unwrap();
-    let chain = emu
-        .add_chain(
-            Service::new("a", "http", "127.0.0.1", server.port()),
-            Route::new("a", &["/"]),
-            vec![
-                FilterEntry::new("probe", "one"),
-                FilterEntry::new("probe", "two"),
-            ],
-        )
-        .unwrap();
+    let mut emu = emulator();
+    let chain = add_probes(&mut emu, "a", &server, &["one", "two"]).unwrap();
     let resp = emu.send(
         chain,
         get("/x").header("x-probe-req-headers", "local:403|no"),
@@ -2252,8 +2131,7 @@ fn ticks_run_on_the_root_context() {
 
 #[test]
 fn nyi_host_functions_trap() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(chain, get("/a").header("x-probe-req-headers", "raw:done"));
     assert_eq!(resp.status, 500);
     assert!(has_line(
@@ -2267,8 +2145,7 @@ fn nyi_host_functions_trap() {
 
 #[test]
 fn shared_data_needs_shm_kv() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-req-headers", "raw:shared-set"),
@@ -2289,8 +2166,7 @@ fn shared_data_needs_shm_kv() {
 
 #[test]
 fn metrics_and_time_host_functions() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     emu.send(
         chain,
         get("/a").header("x-probe-req-headers", "raw:metric;raw:time"),
@@ -2312,8 +2188,7 @@ fn metrics_and_time_host_functions() {
 
 #[test]
 fn stats_separate_guest_time_from_dispatch_io_start() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     emu.send(chain, get("/a"));
     let plain = emu.stats();
     assert_eq!(
@@ -2459,15 +2334,9 @@ fn trap_in_call_response_of_bodyless_request_lets_it_through() {
     // already completed its request-headers step, so after the callback
     // traps the request resumes and is proxied; only the response steps
     // notice the failed filter.
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
-    let resp = emu.send(
-        chain,
-        get("/a")
-            .header("x-probe-req-headers", &cmd)
-            .header("x-probe-call-response", "trap"),
-    );
+    let resp = emu.send(chain, get_with_call_response(&cmd, "trap"));
     assert!(resp.trapped);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok");
@@ -2489,15 +2358,9 @@ fn trap_in_call_response_of_bodyless_request_lets_it_through() {
 
 #[test]
 fn in_flight_dispatch_of_a_request_survives_another_requests_trap() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let slow = format!("dispatch:{}|/slow/100|2000;pause", server.target());
-    let a = emu.start(
-        chain,
-        get("/a")
-            .header("x-probe-req-headers", &slow)
-            .header("x-probe-call-response", "log:never"),
-    );
+    let a = emu.start(chain, get_with_call_response(&slow, "log:never"));
     let b = emu.send(chain, get("/b").header("x-probe-req-headers", "trap"));
     assert_eq!(b.status, 500);
     let ra = emu.finish(a);
@@ -2641,8 +2504,7 @@ fn tls_dispatch_verification_follows_the_global_settings() {
 
 #[test]
 fn http2_and_http10_clients() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let mut req = ClientRequest::post("/a", b"h2 body")
         .header("X-Upper", "v")
         .header(
@@ -2683,9 +2545,7 @@ fn on(mut req: ClientRequest, id: u64) -> ClientRequest {
 /// host's buffer is emptied (Content-Length removed so the new length is
 /// framed).
 fn replaced_local_reply() -> ClientRequest {
-    get("/a")
-        .header("x-probe-req-headers", "local:200|hello")
-        .header("x-probe-resp-headers", "remove-resp-header:content-length")
+    local_reply("local:200|hello", "remove-resp-header:content-length")
         .header("x-probe-resp-body", "set-resp-body:0|3|bye")
 }
 
@@ -2710,8 +2570,7 @@ fn assert_answered(resp: &ClientResponse, status: u16) {
 
 #[test]
 fn emptying_the_local_reply_buffer_crashes_the_worker_at_the_next_dispatch_of_the_connection() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let first = emu.send(chain, on(replaced_local_reply(), 1));
     assert_answered(&first, 200);
     assert_eq!(first.text(), "bye");
@@ -2755,15 +2614,12 @@ fn emptying_the_local_reply_buffer_crashes_the_worker_at_the_next_dispatch_of_th
 
 #[test]
 fn trimming_only_the_appended_byte_leaves_the_connection_safe() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     // "hello" + the host's "\n": cut from offset 5, inside the one buffer.
     let first = emu.send(
         chain,
         on(
-            get("/a")
-                .header("x-probe-req-headers", "local:200|hello")
-                .header("x-probe-resp-headers", "remove-resp-header:content-length")
+            local_reply("local:200|hello", "remove-resp-header:content-length")
                 .header("x-probe-resp-body", "set-resp-body:5|1|"),
             1,
         ),
@@ -2778,8 +2634,7 @@ fn trimming_only_the_appended_byte_leaves_the_connection_safe() {
 
 #[test]
 fn emptying_a_host_buffer_is_harmless_when_the_connection_closes() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     // The client closes the connection after the response.
     let first = emu.send(
         chain,
@@ -2793,13 +2648,11 @@ fn emptying_a_host_buffer_is_harmless_when_the_connection_closes() {
     let first = emu.send(
         chain,
         on(
-            get("/a")
-                .header("x-probe-req-headers", "local:200|hello")
-                .header(
-                    "x-probe-resp-headers",
-                    "remove-resp-header:content-length;set-resp-header:Connection=close",
-                )
-                .header("x-probe-resp-body", "set-resp-body:0|3|bye"),
+            local_reply(
+                "local:200|hello",
+                "remove-resp-header:content-length;set-resp-header:Connection=close",
+            )
+            .header("x-probe-resp-body", "set-resp-body:0|3|bye"),
             2,
         ),
     );
@@ -2816,8 +2669,7 @@ fn emptying_a_host_buffer_is_harmless_when_the_connection_closes() {
 
 #[test]
 fn emptying_a_host_buffer_is_harmless_without_a_shared_connection() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     assert_answered(&emu.send(chain, replaced_local_reply()), 200);
     assert_answered(&emu.send(chain, dispatching(&server)), 200);
     // Another connection is not affected either.
@@ -2828,8 +2680,7 @@ fn emptying_a_host_buffer_is_harmless_without_a_shared_connection() {
 
 #[test]
 fn emptying_a_proxied_body_buffer_crashes_at_the_next_body_replacement_of_the_connection() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     // The upstream's buffer emptied from offset 0.
     let first = emu.send(
         chain,
@@ -2847,9 +2698,7 @@ fn emptying_a_proxied_body_buffer_crashes_at_the_next_body_replacement_of_the_co
     let second = emu.send(
         chain,
         on(
-            get("/a")
-                .header("x-probe-req-headers", "local:200|hello")
-                .header("x-probe-resp-headers", "remove-resp-header:content-length")
+            local_reply("local:200|hello", "remove-resp-header:content-length")
                 .header("x-probe-resp-body", "set-resp-body:5|1|"),
             1,
         ),
@@ -2865,8 +2714,7 @@ fn emptying_a_proxied_body_buffer_crashes_at_the_next_body_replacement_of_the_co
 
 #[test]
 fn http2_streams_share_the_connection_pool() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (server, mut emu, chain) = kong_env();
     let mut first = replaced_local_reply();
     first.version = HttpVersion::Http2;
     first
@@ -2881,8 +2729,7 @@ fn http2_streams_share_the_connection_pool() {
 
 #[test]
 fn removing_connection_or_a_pseudo_header_crashes_the_worker() {
-    let server = TestServer::start();
-    let (mut emu, chain) = kong(&server);
+    let (_server, mut emu, chain) = kong_env();
     let resp = emu.send(
         chain,
         get("/a").header("x-probe-resp-headers", "remove-resp-header:Connection"),

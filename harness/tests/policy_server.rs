@@ -26,17 +26,27 @@ const SECRET: &str = "s3cr3t";
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn get(addr: SocketAddr, target: &str) -> ParsedResponse {
+/// A request with no headers and no body.
+fn send_bare(
+    addr: SocketAddr,
+    tls: client::Tls,
+    method: &str,
+    target: &str,
+    timeout: Duration,
+) -> std::io::Result<ParsedResponse> {
     client::send(
         addr,
-        None,
-        "GET",
+        tls,
+        method,
         target,
         &[] as &[(&str, &str)],
         b"",
-        TIMEOUT,
+        timeout,
     )
-    .unwrap()
+}
+
+fn get(addr: SocketAddr, target: &str) -> ParsedResponse {
+    send_bare(addr, None, "GET", target, TIMEOUT).unwrap()
 }
 
 /// POSTs a JSON body with the given secret header (if any).
@@ -235,16 +245,7 @@ fn http_chunked_bodies_both_ways_and_duplicate_headers() {
 #[test]
 fn http_head_and_bad_request() {
     let server = Server::start(LOCAL, None, Arc::new(|_| Response::text(200, "body"))).unwrap();
-    let head = client::send(
-        server.addr(),
-        None,
-        "HEAD",
-        "/",
-        &[] as &[(&str, &str)],
-        b"",
-        TIMEOUT,
-    )
-    .unwrap();
+    let head = send_bare(server.addr(), None, "HEAD", "/", TIMEOUT).unwrap();
     assert_eq!(head.header_str("content-length").as_deref(), Some("4"));
     assert!(head.body.is_empty());
 
@@ -264,15 +265,7 @@ fn http_delay_client_timeout_and_prompt_stop() {
     )
     .unwrap();
     let started = Instant::now();
-    let result = client::send(
-        server.addr(),
-        None,
-        "GET",
-        "/",
-        &[] as &[(&str, &str)],
-        b"",
-        Duration::from_millis(200),
-    );
+    let result = send_bare(server.addr(), None, "GET", "/", Duration::from_millis(200));
     assert!(result.is_err(), "the client gives up after its timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
 
@@ -299,30 +292,12 @@ fn tls_server_and_clients_with_the_test_pki() {
     .unwrap();
     for name in ["localhost", "pdp.test", "127.0.0.1"] {
         let tls = Some((pki.client_config().unwrap(), name.to_string()));
-        let response = client::send(
-            server.addr(),
-            tls,
-            "GET",
-            "/",
-            &[] as &[(&str, &str)],
-            b"",
-            TIMEOUT,
-        )
-        .unwrap();
+        let response = send_bare(server.addr(), tls, "GET", "/", TIMEOUT).unwrap();
         assert_eq!(response.body_str(), "tls=true", "server name {name}");
     }
     // A name the certificate does not cover is refused.
     let tls = Some((pki.client_config().unwrap(), "other.test".to_string()));
-    assert!(client::send(
-        server.addr(),
-        tls,
-        "GET",
-        "/",
-        &[] as &[(&str, &str)],
-        b"",
-        TIMEOUT
-    )
-    .is_err());
+    assert!(send_bare(server.addr(), tls, "GET", "/", TIMEOUT).is_err());
 
     // mTLS: client certificates of both generated kinds are accepted.
     let mtls = Server::start(
@@ -338,16 +313,7 @@ fn tls_server_and_clients_with_the_test_pki() {
             pki.client_config_with_cert(&cert).unwrap(),
             "localhost".to_string(),
         ));
-        let response = client::send(
-            mtls.addr(),
-            tls,
-            "GET",
-            "/",
-            &[] as &[(&str, &str)],
-            b"",
-            TIMEOUT,
-        )
-        .unwrap();
+        let response = send_bare(mtls.addr(), tls, "GET", "/", TIMEOUT).unwrap();
         assert_eq!(response.status, 200, "{kind:?}");
     }
 }

@@ -150,6 +150,28 @@ pub fn route() -> Route {
     }
 }
 
+/// An echo upstream on 127.0.0.1.
+pub fn upstream() -> Upstream {
+    Upstream::start("127.0.0.1:0", None).expect("upstream")
+}
+
+/// A port on 127.0.0.1 with nothing listening (connections are refused).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain ngx_wasm_module host (nginx without Kong).
+pub fn plain_host() -> HostOptions {
+    HostOptions {
+        kong: false,
+        ..HostOptions::default()
+    }
+}
+
 /// A fresh emulator (one worker) with one chain running the filter with the
 /// given configuration bytes.
 pub fn emulator(
@@ -187,20 +209,33 @@ impl Env {
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
         extra: Value,
     ) -> Env {
+        Self::build(opts, route, handler, |pdp_port| config(pdp_port, extra))
+    }
+
+    /// Kong host, filter configured with what `make` returns for the policy
+    /// server's port (for a configuration that needs the port more than once).
+    pub fn with_config(
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+        make: impl FnOnce(u16) -> Value,
+    ) -> Env {
+        Self::build(HostOptions::default(), route(), handler, make)
+    }
+
+    fn build(
+        opts: HostOptions,
+        route: Route,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+        make: impl FnOnce(u16) -> Value,
+    ) -> Env {
         let pdp = Pdp::start(handler);
-        let upstream = Upstream::start("127.0.0.1:0", None).expect("upstream");
-        let mut emu = Emulator::new(&wasm(), opts).expect("emulator");
-        let cfg = config(pdp.port(), extra);
-        let chain = emu
-            .add_chain(
-                service(upstream.addr().port()),
-                route,
-                vec![FilterEntry {
-                    name: "ping_auth".into(),
-                    config: cfg.to_string().into_bytes(),
-                }],
-            )
-            .expect("on_configure accepted the config");
+        let upstream = upstream();
+        let cfg = make(pdp.port());
+        let (emu, chain) = emulator(
+            opts,
+            service(upstream.addr().port()),
+            route,
+            cfg.to_string().into_bytes(),
+        );
         Env {
             emu,
             chain,
@@ -295,4 +330,16 @@ pub fn payload_headers(v: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Each header is sent to the client once, with this value.
+pub fn assert_single_headers(resp: &ClientResponse, expected: &[(&str, &str)]) {
+    for (name, value) in expected {
+        assert_eq!(
+            header_all(resp, name),
+            [*value],
+            "{name}: {:?}",
+            resp.headers
+        );
+    }
 }

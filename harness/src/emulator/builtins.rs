@@ -56,10 +56,9 @@
 //! a proxied response, by nginx's upstream module for the headers of its
 //! `ngx_http_upstream_headers_in` table.
 
-use super::headers::{escape_name, escape_value, HeaderList};
-use super::maps::MapOp;
+use super::api::LogLevel;
+use super::headers::{escape_name, escape_value, HeaderList, MapOp};
 use super::state::{Response, Stream};
-use super::LogLevel;
 
 /// How the host handles one response header name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,29 +37,13 @@
 //! guest calls, logs or I/O), then [`reap`] ends every in-flight request
 //! with [`ClientResponse::host_fault`] and the next request gets a fresh
 //! instance, configured lazily as after a trap.
+//!
+//! The data this works on (the worker's fault state and the buffers of body
+//! chains) is kept in `state.rs`; this module holds what the host does.
 
-use super::state::{HostCtx, Stage, Stream};
-use super::{ClientResponse, HttpVersion, LogLevel};
-use std::collections::HashMap;
+use super::api::{ClientResponse, HttpVersion, LogLevel};
+use super::state::{Buf, BufTag, Crash, HostCtx, Stage, Stream};
 use std::sync::atomic::Ordering;
-
-/// Who made a buffer of a body chain (nginx's buffer tag).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BufTag {
-    /// ngx_wasm_module's own buffer (`rctx->env.buf_tag`): recycled when
-    /// emptied.
-    Module,
-    /// A buffer made elsewhere, whose chain link lives in the request pool;
-    /// the text names it.
-    Host(&'static str),
-}
-
-/// One buffer of a body chain (only its size and tag matter here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Buf {
-    pub len: usize,
-    pub tag: BufTag,
-}
 
 /// The local response's body (`ngx_http_wasm_stash_local_response`).
 pub(crate) const LOCAL_BODY: &str = "the local response's body buffer";
@@ -117,35 +101,10 @@ pub(crate) fn chain_prepend(bufs: &mut Vec<Buf>, len: usize) {
     );
 }
 
-/// The worker crashed during the current operation.
-struct Crash {
-    message: String,
-    /// Requests in flight when it crashed.
-    lost: Vec<u64>,
-}
-
 /// Marker returned when a host function crashed the worker: the guest call
 /// must be aborted.
 #[derive(Debug)]
 pub(crate) struct Crashed;
-
-/// The worker's fault state.
-#[derive(Default)]
-pub(crate) struct Faults {
-    /// Client connections whose pool's free list holds a chain link of an
-    /// earlier request's (freed) pool, with what left it there.
-    dangling: HashMap<u64, String>,
-    crash: Option<Crash>,
-    /// The emulated worker's pid (a new worker after a crash).
-    worker_pid: u32,
-}
-
-impl Faults {
-    /// The worker is dead (between a fault and [`reap`]).
-    pub fn crashed(&self) -> bool {
-        self.crash.is_some()
-    }
-}
 
 /// A body replacement emptied host buffers of this request's chain.
 pub(crate) fn freed_host_buffers(stream: &mut Stream, call: &str, freed: &[&'static str]) {

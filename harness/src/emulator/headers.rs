@@ -1,4 +1,5 @@
-//! Header lists with nginx semantics, and the proxy-wasm map wire format.
+//! Header lists with nginx semantics, the proxy-wasm map wire format, and
+//! the ways a filter changes a header ([`MapOp`]).
 //!
 //! nginx keeps headers in a list where a removed header stays in place with
 //! its hash cleared. Who looks at that hash differs: the map a filter gets
@@ -290,6 +291,14 @@ pub(crate) fn unmarshal(data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         return None;
     }
     Some(pairs)
+}
+
+/// How a header is changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapOp {
+    Set,
+    Add,
+    Remove,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! request it proxies, the headers it adds to responses, its JSON error pages,
 //! and the JSON of its entities served as `kong.router.*` properties.
 
-use super::{Route, Service};
+use super::api::{Route, Service};
 
 /// The result of matching a request path against a route.
 pub(crate) struct RouteMatch {
@@ -144,30 +144,6 @@ pub(crate) fn service_host_header(service: &Service) -> String {
     } else {
         format!("{}:{}", service.host, service.port)
     }
-}
-
-/// A stable UUID-looking id derived from bytes (entity ids, node id).
-pub(crate) fn uuid_from(bytes: &[u8], salt: u8) -> String {
-    let mut h: [u8; 16] = [0; 16];
-    let mut x: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(salt);
-    for (i, slot) in h.iter_mut().enumerate() {
-        for &b in bytes {
-            x ^= u64::from(b);
-            x = x.wrapping_mul(0x0100_0000_01b3);
-        }
-        x ^= i as u64;
-        x = x.wrapping_mul(0x0100_0000_01b3);
-        *slot = (x >> 32) as u8;
-    }
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        hex.get(0..8).unwrap_or(""),
-        hex.get(8..12).unwrap_or(""),
-        hex.get(13..16).unwrap_or(""),
-        hex.get(17..20).unwrap_or(""),
-        hex.get(20..32).unwrap_or("")
-    )
 }
 
 /// Encodes like lua-cjson: compact, `/` escaped as `\/`.

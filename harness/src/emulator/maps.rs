@@ -2,11 +2,11 @@
 //! dispatch response's headers, with the host's pseudo-headers and "shim"
 //! headers, and the host's rules for changing them.
 
+use super::api::LogLevel;
 use super::builtins::{self, Note};
 use super::faults::{self, Crashed};
-use super::headers::HeaderList;
-use super::state::{CallOwner, Cur, HostCtx, Request, Step, Stream};
-use super::LogLevel;
+use super::headers::{HeaderList, MapOp};
+use super::state::{Cur, HostCtx, Request, Step, Stream};
 
 /// proxy-wasm map types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,14 +29,6 @@ impl MapType {
             other => MapType::Other(other),
         }
     }
-}
-
-/// How a header is changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MapOp {
-    Set,
-    Add,
-    Remove,
 }
 
 /// `:path`: nginx `$uri` (decoded, normalised) plus `?args`.
@@ -99,23 +91,6 @@ pub(crate) fn shims(stream: &Stream) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// The owner of the running call and the call's result, for call maps.
-fn current_call(ctx: &HostCtx) -> Option<&super::net::CallResult> {
-    let token = match ctx.cur {
-        Cur::Http { stream, exec } => ctx
-            .streams
-            .get(&stream)
-            .and_then(|s| s.pw.execs.get(exec))
-            .and_then(|e| e.dispatch_call),
-        Cur::Root { root } => ctx.roots.get(root).and_then(|r| r.dispatch_call),
-        Cur::None => None,
-    }?;
-    let call = ctx.calls.get(&token)?;
-    match call.owner {
-        CallOwner::Http { .. } | CallOwner::Root { .. } => call.result.as_ref(),
-    }
-}
-
 /// Every pair of a map, pseudo-headers first (`get_header_map_pairs`).
 /// `None` when the map does not exist here (the host answers BadArgument).
 pub(crate) fn get_all(ctx: &HostCtx, map: MapType) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -149,7 +124,7 @@ pub(crate) fn get_all(ctx: &HostCtx, map: MapType) -> Option<Vec<(Vec<u8>, Vec<u
             push_list(&mut out, &stream.resp.headers);
         }
         MapType::CallResponse => {
-            let call = current_call(ctx)?;
+            let call = ctx.current_call()?;
             if call.status_code != 0 {
                 out.push((
                     b":status".to_vec(),
@@ -207,7 +182,7 @@ pub(crate) fn get_one(ctx: &HostCtx, map: MapType, key: &[u8]) -> Option<Vec<u8>
                 .map(|(_, v)| v)
         }
         MapType::CallResponse => {
-            let call = current_call(ctx)?;
+            let call = ctx.current_call()?;
             match key {
                 b":status" => {
                     (call.status_code != 0).then(|| format!("{:03}", call.status_code).into_bytes())

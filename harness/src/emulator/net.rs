@@ -1,6 +1,6 @@
 //! The blocking HTTP/1.1 client used for dispatch calls and for proxying to
 //! the service. Each operation runs on its own helper thread and reports back
-//! over the host's completion channel.
+//! over the host's completion channel ([`Completion`]).
 //!
 //! Dispatch calls follow ngx_wasm_module's socket: one new connection per
 //! call, `Connection: close`, the timeout applied separately to connect (and
@@ -8,7 +8,6 @@
 //! or `chunked` for its body, and the host's failure statuses.
 
 use super::headers::HeaderList;
-use super::state::Completion;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring as ring_provider, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -24,6 +23,20 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A completed network operation, sent back from a helper thread over the
+/// host's completion channel.
+pub(crate) enum Completion {
+    Dispatch {
+        token: u32,
+        result: CallResult,
+    },
+    Upstream {
+        stream: u64,
+        job: u64,
+        result: Result<UpstreamResponse, UpstreamError>,
+    },
+}
 
 /// `:dispatch_status` values (the host's socket statuses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,10 +6,10 @@
 //! Kong's Lua handlers. Outside of a request (root contexts) any path with a
 //! dot is refused.
 
+use super::api::{self, HttpVersion, LogLevel};
 use super::kong;
 use super::maps::{self, MapType};
 use super::state::{Cur, HostCtx, Stream};
-use super::{HttpVersion, LogLevel};
 use std::time::SystemTime;
 
 /// The outcome of a property access.
@@ -591,7 +591,7 @@ fn kong_get(ctx: &mut HostCtx, sid: u64, p: &str) -> Prop {
     match p {
         "kong.client.protocol" => text(maps::scheme(&s.req).to_string()),
         "kong.nginx.subsystem" => text("http".to_string()),
-        "kong.node.id" => text(kong::uuid_from(ctx.hostname.as_bytes(), 0x4e)),
+        "kong.node.id" => text(api::uuid_from(ctx.hostname.as_bytes(), 0x4e)),
         "kong.node.memory_stats" => Prop::Value(
             br#"{"lua_shared_dicts":{},"workers_lua_vms":[{"http_allocated_gc":0,"pid":0}]}"#
                 .to_vec(),

@@ -5,13 +5,16 @@
 //! Names follow ngx_wasm_module where it helps to compare: a [`Stream`] is the
 //! request context (`rctx`) plus the filter-chain context (`pwctx`); an
 //! [`Exec`] is one filter's HTTP context (`pwexec`).
+//!
+//! The buffers of body chains ([`Buf`]) and the worker's fault state
+//! ([`Faults`]) are kept here too; what the host does with them is in
+//! `faults.rs`.
 
-use super::faults::{Buf, BufTag, Faults};
-use super::headers::HeaderList;
-use super::net::CallResult;
-use super::{
+use super::api::{
     ClientResponse, HostOptions, HostStats, HttpVersion, LogLevel, LogRecord, Route, Service,
 };
+use super::headers::HeaderList;
+use super::net::{self, CallResult, Completion};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -172,6 +175,24 @@ pub(crate) struct LocalResponse {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Body with the host's trailing `\n`; `None` when empty.
     pub body: Option<Vec<u8>>,
+}
+
+/// Who made a buffer of a body chain (nginx's buffer tag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BufTag {
+    /// ngx_wasm_module's own buffer (`rctx->env.buf_tag`): recycled when
+    /// emptied.
+    Module,
+    /// A buffer made elsewhere, whose chain link lives in the request pool;
+    /// the text names it.
+    Host(&'static str),
+}
+
+/// One buffer of a body chain (only its size and tag matter here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Buf {
+    pub len: usize,
+    pub tag: BufTag,
 }
 
 /// A response body chunk being passed through the body filter.
@@ -389,21 +410,6 @@ pub(crate) enum Cur {
     Http { stream: u64, exec: usize },
 }
 
-/// A completed network operation, sent back from a helper thread.
-pub(crate) enum Completion {
-    Dispatch {
-        token: u32,
-        result: CallResult,
-    },
-    Upstream {
-        stream: u64,
-        job: u64,
-        result: Result<net::UpstreamResponse, net::UpstreamError>,
-    },
-}
-
-use super::net;
-
 /// Values kept in `proxy_set_shared_data`'s store.
 pub(crate) struct SharedValue {
     pub data: Vec<u8>,
@@ -414,6 +420,31 @@ pub(crate) struct SharedValue {
 pub(crate) struct Metric {
     pub kind: u32,
     pub value: i64,
+}
+
+/// The worker crashed during the current operation.
+pub(crate) struct Crash {
+    pub message: String,
+    /// Requests in flight when it crashed.
+    pub lost: Vec<u64>,
+}
+
+/// The worker's fault state (see `faults.rs`).
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Client connections whose pool's free list holds a chain link of an
+    /// earlier request's (freed) pool, with what left it there.
+    pub dangling: HashMap<u64, String>,
+    pub crash: Option<Crash>,
+    /// The emulated worker's pid (a new worker after a crash).
+    pub worker_pid: u32,
+}
+
+impl Faults {
+    /// The worker is dead (between a fault and `faults::reap`).
+    pub fn crashed(&self) -> bool {
+        self.crash.is_some()
+    }
 }
 
 /// Log lines kept before the oldest half is dropped.
@@ -457,12 +488,19 @@ pub(crate) struct HostCtx {
 }
 
 impl HostCtx {
-    /// An empty value used while the real one moves to a new store.
-    pub fn placeholder(from: &HostCtx) -> HostCtx {
+    /// A worker with no instance yet, no chains and no requests.
+    pub fn new(
+        opts: Arc<HostOptions>,
+        tx: Sender<Completion>,
+        tls: Arc<net::TlsSettings>,
+        echo_logs: bool,
+        hostname: String,
+        started: Instant,
+    ) -> HostCtx {
         HostCtx {
-            opts: from.opts.clone(),
+            opts,
             logs: Vec::new(),
-            echo_logs: false,
+            echo_logs,
             stats: HostStats::default(),
             gen: 0,
             trapped: true,
@@ -473,18 +511,30 @@ impl HostCtx {
             calls: HashMap::new(),
             next_ctx_id: 0,
             next_token: 0,
-            tx: from.tx.clone(),
+            tx,
             threads: Vec::new(),
             shared: HashMap::new(),
             metrics: Vec::new(),
-            hostname: String::new(),
-            tls: from.tls.clone(),
+            hostname,
+            tls,
             chains: Vec::new(),
-            started: from.started,
+            started,
             memory: None,
             malloc: None,
             faults: Faults::default(),
         }
+    }
+
+    /// An empty value used while the real one moves to a new store.
+    pub fn placeholder(from: &HostCtx) -> HostCtx {
+        HostCtx::new(
+            from.opts.clone(),
+            from.tx.clone(),
+            from.tls.clone(),
+            false,
+            String::new(),
+            from.started,
+        )
     }
 
     /// Records a log line (and echoes it when `PING_AUTH_EMU_LOG=1`). The
@@ -550,6 +600,32 @@ impl HostCtx {
             Cur::Http { stream, .. } => self.streams.get_mut(&stream),
             _ => None,
         }
+    }
+
+    /// Counts a host call made by the filter ([`HostStats::hostcalls`]).
+    pub fn count_hostcall(&mut self, name: &'static str) {
+        let calls = &mut self.stats.hostcalls;
+        match calls.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                calls.insert(name.to_string(), 1);
+            }
+        }
+    }
+
+    /// The result of the dispatch call whose response is being delivered to
+    /// the running context (`on_http_call_response`).
+    pub fn current_call(&self) -> Option<&CallResult> {
+        let token = match self.cur {
+            Cur::Http { stream, exec } => self
+                .streams
+                .get(&stream)
+                .and_then(|s| s.pw.execs.get(exec))
+                .and_then(|e| e.dispatch_call),
+            Cur::Root { root } => self.roots.get(root).and_then(|r| r.dispatch_call),
+            Cur::None => None,
+        }?;
+        self.calls.get(&token)?.result.as_ref()
     }
 
     /// Records a trap message for the running host function.

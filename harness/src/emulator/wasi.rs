@@ -6,9 +6,9 @@
 //! files (`fd_*` answer `EBADF`, `path_open` answers `ENOTDIR`), `fd_write` to
 //! stdout/stderr goes to the error log (info / error), `proc_exit` traps.
 
+use super::api::LogLevel;
+use super::guest_mem;
 use super::state::HostCtx;
-use super::vm::mem;
-use super::LogLevel;
 use anyhow::anyhow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,13 +41,7 @@ const ERRNO_NOTDIR: i32 = 54;
 const ERRNO_NOTSUP: i32 = 58;
 
 fn count(caller: &mut Caller<'_, HostCtx>, name: &'static str) {
-    let calls = &mut caller.data_mut().stats.hostcalls;
-    match calls.get_mut(name) {
-        Some(n) => *n += 1,
-        None => {
-            calls.insert(name.to_string(), 1);
-        }
-    }
+    caller.data_mut().count_hostcall(name);
 }
 
 /// Records a host trap and returns the error that makes Wasmtime trap.
@@ -115,7 +109,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
          out: i32|
          -> anyhow::Result<i32> {
             count(&mut caller, "clock_time_get");
-            if let Err(msg) = mem::check_slice(&caller, out, 8) {
+            if let Err(msg) = guest_mem::check_slice(&caller, out, 8) {
                 return Err(trap(&mut caller, msg));
             }
             let nanos: u64 = match clock {
@@ -129,8 +123,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
                 }
                 _ => return Ok(ERRNO_NOTSUP),
             };
-            if !mem::write_u64(&mut caller, out, nanos) {
-                return Err(trap(&mut caller, mem::BAD_SLICE_PTR));
+            if !guest_mem::write_u64(&mut caller, out, nanos) {
+                return Err(trap(&mut caller, guest_mem::BAD_SLICE_PTR));
             }
             Ok(ERRNO_SUCCESS)
         },
@@ -224,17 +218,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
         "random_get",
         |mut caller: Caller<'_, HostCtx>, buf: i32, len: i32| -> anyhow::Result<i32> {
             count(&mut caller, "random_get");
-            if let Err(msg) = mem::check_slice(&caller, buf, len) {
+            if let Err(msg) = guest_mem::check_slice(&caller, buf, len) {
                 return Err(trap(&mut caller, msg));
             }
-            let n = mem::usize_of(len);
+            let n = guest_mem::usize_of(len);
             let mut bytes = Vec::with_capacity(n);
             while bytes.len() < n {
                 bytes.extend_from_slice(&next_random().to_le_bytes());
             }
             bytes.truncate(n);
-            if n > 0 && !mem::write(&mut caller, mem::usize_of(buf) as u32, &bytes) {
-                return Err(trap(&mut caller, mem::BAD_SLICE_PTR));
+            if n > 0 && !guest_mem::write(&mut caller, guest_mem::usize_of(buf) as u32, &bytes) {
+                return Err(trap(&mut caller, guest_mem::BAD_SLICE_PTR));
             }
             Ok(ERRNO_SUCCESS)
         },
@@ -244,12 +238,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostCtx>) -> anyhow::Result<()> 
 
 fn write_two_zeros(caller: &mut Caller<'_, HostCtx>, a: i32, b: i32) -> anyhow::Result<i32> {
     for p in [a, b] {
-        if let Err(msg) = mem::check_u32_ptr(caller, p) {
+        if let Err(msg) = guest_mem::check_u32_ptr(caller, p) {
             return Err(trap(caller, msg));
         }
     }
-    if !(mem::write_u32(caller, a, 0) && mem::write_u32(caller, b, 0)) {
-        return Err(trap(caller, mem::BAD_DATA_PTR));
+    if !(guest_mem::write_u32(caller, a, 0) && guest_mem::write_u32(caller, b, 0)) {
+        return Err(trap(caller, guest_mem::BAD_DATA_PTR));
     }
     Ok(ERRNO_SUCCESS)
 }
@@ -263,7 +257,7 @@ fn fd_write(
     iovs_len: i32,
     nwritten: i32,
 ) -> anyhow::Result<i32> {
-    if let Err(msg) = mem::check_u32_ptr(caller, nwritten) {
+    if let Err(msg) = guest_mem::check_u32_ptr(caller, nwritten) {
         return Err(trap(caller, msg));
     }
     let level = match fd {
@@ -272,11 +266,11 @@ fn fd_write(
         _ => return Ok(ERRNO_BADF),
     };
     let mut message = Vec::new();
-    let n = mem::usize_of(iovs_len);
+    let n = guest_mem::usize_of(iovs_len);
     for i in 0..n {
-        let at = mem::usize_of(iovs).saturating_add(i.saturating_mul(8));
+        let at = guest_mem::usize_of(iovs).saturating_add(i.saturating_mul(8));
         let at = i32::try_from(at).unwrap_or(-1);
-        let iov = match mem::read(caller, at, 8) {
+        let iov = match guest_mem::read(caller, at, 8) {
             Ok(v) => v,
             Err(msg) => return Err(trap(caller, msg)),
         };
@@ -287,14 +281,14 @@ fn fd_write(
                 .unwrap_or([0; 4]);
             i32::from_le_bytes(b)
         };
-        match mem::read(caller, word(0), word(4)) {
+        match guest_mem::read(caller, word(0), word(4)) {
             Ok(bytes) => message.extend_from_slice(&bytes),
             Err(msg) => return Err(trap(caller, msg)),
         }
     }
     let total = u32::try_from(message.len()).unwrap_or(u32::MAX);
-    if !mem::write_u32(caller, nwritten, total) {
-        return Err(trap(caller, mem::BAD_DATA_PTR));
+    if !guest_mem::write_u32(caller, nwritten, total) {
+        return Err(trap(caller, guest_mem::BAD_DATA_PTR));
     }
     if message.last() == Some(&b'\n') {
         message.pop();
