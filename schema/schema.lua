@@ -103,6 +103,36 @@ local function validate_header_name(value)
   return true
 end
 
+-- mode, as config::MODE_RULE.
+local function validate_mode(value)
+  if value ~= "enforce" and value ~= "shadow" then
+    return nil, "must be \"enforce\" or \"shadow\""
+  end
+  return true
+end
+
+-- on_<failure class>, as config::FAILURE_ACTION_RULE.
+local function validate_failure_action(value)
+  if value == "deny" or value == "allow" then
+    return true
+  end
+  local code = value:match("^deny:([45]%d%d)$")
+  if not code then
+    return nil, "must be \"deny\", \"deny:<status 400-599>\" or \"allow\", got \"" .. value .. "\""
+  end
+  return true
+end
+
+-- fail_open_methods, as config::METHODS_RULE.
+local function validate_methods(value)
+  for item in (value .. ","):gmatch("([^,]*),") do
+    if not item:match("^ *%u+ *$") then
+      return nil, "must be upper-case method names separated by commas, e.g. \"GET,HEAD,OPTIONS\""
+    end
+  end
+  return true
+end
+
 local function validate_secret(value)
   if value:find("\r", 1, true) or value:find("\n", 1, true) or value:find("\0", 1, true) then
     return nil, "must not contain CR, LF or NUL (it is sent as a header value)"
@@ -206,6 +236,70 @@ return {
               required = false,
               default = 1048576,
               description = "Largest upstream response body the response hook buffers and sends to the policy provider; a larger one is answered with 502 (never truncated).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { mode = {
+              type = "string",
+              required = false,
+              default = "enforce",
+              custom_validator = validate_mode,
+              description = "enforce: the policy's decisions apply. shadow: the policy server is called as in enforce mode, but the client and the upstream see the original request and response whatever it answers; what would have happened is logged (one line per request).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { on_unreachable = {
+              type = "string",
+              required = false,
+              default = "deny",
+              custom_validator = validate_failure_action,
+              description = "When the policy server cannot be reached, times out, or fails the TLS handshake: deny (status 502), deny:<status> (400-599), or allow (the request goes on unchanged, for fail_open_methods only, marked with fail_open_header).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { on_server_error = {
+              type = "string",
+              required = false,
+              default = "deny",
+              custom_validator = validate_failure_action,
+              description = "When the policy server answers 5xx: deny (status 502), deny:<status> (400-599), or allow (the request goes on unchanged, for fail_open_methods only, marked with fail_open_header).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { on_client_error = {
+              type = "string",
+              required = false,
+              default = "deny",
+              custom_validator = validate_failure_action,
+              description = "When the policy server answers 4xx other than 413 and 429 (e.g. 401 for a wrong shared secret): deny (status 502), deny:<status> (400-599), or allow (the request goes on unchanged, for fail_open_methods only, marked with fail_open_header).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { on_malformed_reply = {
+              type = "string",
+              required = false,
+              default = "deny",
+              custom_validator = validate_failure_action,
+              description = "When the policy server's reply is not JSON or not a valid reply: deny (status 502), deny:<status> (400-599), or allow (the request goes on unchanged, for fail_open_methods only, marked with fail_open_header).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { on_rate_limited = {
+              type = "string",
+              required = false,
+              default = "deny",
+              custom_validator = validate_failure_action,
+              description = "When the policy server answers 429, or its back-off is running: deny (status 429), deny:<status> (400-599), or allow (the request goes on unchanged, for fail_open_methods only, marked with fail_open_header).",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { fail_open_methods = {
+              type = "string",
+              required = false,
+              default = "GET,HEAD,OPTIONS",
+              custom_validator = validate_methods,
+              description = "Methods an on_* = allow applies to, separated by commas; other methods are denied as with deny.",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { fail_open_header = {
+              type = "string",
+              required = false,
+              default = "x-ping-auth-fail-open",
+              custom_validator = validate_header_name,
+              description = "Header the upstream receives on a request let through by an on_* = allow; its value is the failure class. A client's own header of that name is removed.",
           } },
         },
     } },

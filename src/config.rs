@@ -7,6 +7,7 @@
 //! The first seven fields are the Lua `ping-auth` 1.2.0 fields with the same
 //! names, types and defaults, so an existing plugin configuration works as is.
 
+use crate::failure::policy::{FailurePolicy, OnFailure};
 use crate::failure::Call;
 use crate::http::is_token;
 use crate::protocol::Endpoint;
@@ -28,6 +29,69 @@ pub enum FieldKind {
         max: i64,
     },
     Boolean,
+    /// A non-empty string that must follow `rule`.
+    Rule(&'static Rule),
+}
+
+/// A text rule both schemas and [`parse`] apply: a JSON Schema `pattern`,
+/// the Lua validator of `schema.lua` (by name) and the parser's own check.
+#[derive(Debug)]
+pub struct Rule {
+    pub pattern: &'static str,
+    pub lua_validator: &'static str,
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+/// Rules are told apart by their pattern.
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Rule {}
+
+/// `mode`: `enforce` or `shadow`.
+pub const MODE_RULE: Rule = Rule {
+    pattern: r"^(enforce|shadow)$(?!\n)",
+    lua_validator: "validate_mode",
+    check: |v| match v {
+        "enforce" | "shadow" => Ok(()),
+        _ => Err("must be \"enforce\" or \"shadow\"".into()),
+    },
+};
+
+/// `on_<failure class>`: `deny`, `deny:<status 400-599>` or `allow`.
+pub const FAILURE_ACTION_RULE: Rule = Rule {
+    pattern: r"^(allow|deny(:[45][0-9][0-9])?)$(?!\n)",
+    lua_validator: "validate_failure_action",
+    check: |v| OnFailure::parse(v).map(|_| ()),
+};
+
+/// `fail_open_methods`: upper-case method names separated by commas.
+pub const METHODS_RULE: Rule = Rule {
+    pattern: r"^ *[A-Z]+ *(, *[A-Z]+ *)*$(?!\n)",
+    lua_validator: "validate_methods",
+    check: |v| {
+        if method_list(v).is_some() {
+            Ok(())
+        } else {
+            Err(
+                "must be upper-case method names separated by commas, e.g. \"GET,HEAD,OPTIONS\""
+                    .into(),
+            )
+        }
+    },
+};
+
+/// The methods of a `fail_open_methods` value; `None` when it is malformed.
+pub fn method_list(v: &str) -> Option<Vec<String>> {
+    v.split(',')
+        .map(|m| {
+            let m = m.trim_matches(' ');
+            (!m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase())).then(|| m.to_string())
+        })
+        .collect()
 }
 
 /// A default value, rendered into both schemas.
@@ -35,6 +99,7 @@ pub enum FieldKind {
 pub enum Default {
     Integer(i64),
     Boolean(bool),
+    Text(&'static str),
 }
 
 /// One configuration field.
@@ -58,6 +123,30 @@ pub const MAX_TIMEOUT_MS: i64 = 2_147_483_647;
 /// Default and bounds of `max_response_body_bytes`.
 pub const DEFAULT_MAX_RESPONSE_BODY: i64 = 1024 * 1024;
 pub const MAX_MAX_RESPONSE_BODY: i64 = 64 * 1024 * 1024;
+
+/// The field of one failure class: `deny` (the default), `deny:<status>` or
+/// `allow`.
+macro_rules! on_failure_field {
+    ($name:literal, $when:literal, $status:literal) => {
+        FieldSpec {
+            name: $name,
+            kind: FieldKind::Rule(&FAILURE_ACTION_RULE),
+            required: false,
+            default: Some(Default::Text("deny")),
+            lua: None,
+            referenceable: false,
+            secret: false,
+            description: concat!(
+                "When ",
+                $when,
+                ": deny (status ",
+                $status,
+                "), deny:<status> (400-599), or allow (the request goes on unchanged, for \
+                 fail_open_methods only, marked with fail_open_header)."
+            ),
+        }
+    };
+}
 
 pub const FIELDS: &[FieldSpec] = &[
     FieldSpec {
@@ -176,6 +265,65 @@ pub const FIELDS: &[FieldSpec] = &[
         description: "Largest upstream response body the response hook buffers and sends to the policy provider; \
                       a larger one is answered with 502 (never truncated).",
     },
+    FieldSpec {
+        name: "mode",
+        kind: FieldKind::Rule(&MODE_RULE),
+        required: false,
+        default: Some(Default::Text("enforce")),
+        lua: None,
+        referenceable: false,
+        secret: false,
+        description: "enforce: the policy's decisions apply. shadow: the policy server is called as in \
+                      enforce mode, but the client and the upstream see the original request and response \
+                      whatever it answers; what would have happened is logged (one line per request).",
+    },
+    on_failure_field!(
+        "on_unreachable",
+        "the policy server cannot be reached, times out, or fails the TLS handshake",
+        "502"
+    ),
+    on_failure_field!(
+        "on_server_error",
+        "the policy server answers 5xx",
+        "502"
+    ),
+    on_failure_field!(
+        "on_client_error",
+        "the policy server answers 4xx other than 413 and 429 (e.g. 401 for a wrong shared secret)",
+        "502"
+    ),
+    on_failure_field!(
+        "on_malformed_reply",
+        "the policy server's reply is not JSON or not a valid reply",
+        "502"
+    ),
+    on_failure_field!(
+        "on_rate_limited",
+        "the policy server answers 429, or its back-off is running",
+        "429"
+    ),
+    FieldSpec {
+        name: "fail_open_methods",
+        kind: FieldKind::Rule(&METHODS_RULE),
+        required: false,
+        default: Some(Default::Text("GET,HEAD,OPTIONS")),
+        lua: None,
+        referenceable: false,
+        secret: false,
+        description: "Methods an on_* = allow applies to, separated by commas; other methods are denied \
+                      as with deny.",
+    },
+    FieldSpec {
+        name: "fail_open_header",
+        kind: FieldKind::String { url: false },
+        required: false,
+        default: Some(Default::Text("x-ping-auth-fail-open")),
+        lua: None,
+        referenceable: false,
+        secret: false,
+        description: "Header the upstream receives on a request let through by an on_* = allow; its value \
+                      is the failure class. A client's own header of that name is removed.",
+    },
 ];
 
 /// A string that never prints its value.
@@ -211,6 +359,10 @@ pub struct Config {
     pub upstream_url: Option<Url>,
     pub upstream_timeout_ms: Option<u32>,
     pub max_response_body_bytes: usize,
+    /// `mode: shadow`: decide, log, change nothing.
+    pub shadow: bool,
+    /// What each failure class of the policy server leads to.
+    pub failure_policy: FailurePolicy,
     /// Compiled from the above once, for every request: `host:port` of the
     /// policy server (the dispatch target) and the two endpoints.
     pub sideband_authority: String,
@@ -359,9 +511,38 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
             .unwrap_or(false)
     };
     let to_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    let text_or_default = |name: &str| -> String {
+        get_str(name)
+            .or_else(|| match spec(name).and_then(|s| s.default) {
+                Some(Default::Text(t)) => Some(t.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let fail_open_header = text_or_default("fail_open_header").to_ascii_lowercase();
+    if !is_token(&fail_open_header) {
+        return Err(ConfigError::field(
+            "fail_open_header",
+            "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+        ));
+    }
+    let on = |name: &str| {
+        OnFailure::parse(&text_or_default(name)).map_err(|r| ConfigError::field(name, r))
+    };
+    let failure_policy = FailurePolicy {
+        unreachable: on("on_unreachable")?,
+        server_error: on("on_server_error")?,
+        client_error: on("on_client_error")?,
+        malformed_reply: on("on_malformed_reply")?,
+        rate_limited: on("on_rate_limited")?,
+        methods: method_list(&text_or_default("fail_open_methods")).unwrap_or_default(),
+        marker_header: fail_open_header,
+    };
     let endpoint = |call| Endpoint::new(&service_url, call, &secret_header_name, &shared_secret);
     let (request_endpoint, response_endpoint) = (endpoint(Call::Request), endpoint(Call::Response));
     Ok(Config {
+        shadow: text_or_default("mode") == "shadow",
+        failure_policy,
         sideband_authority: service_url.authority(),
         request_endpoint,
         response_endpoint,
@@ -399,11 +580,15 @@ fn check_fields(obj: &Map<String, Value>) -> Result<Map<String, Value>, ConfigEr
             Some(v) => v,
         };
         match f.kind {
-            FieldKind::String { .. } => match value {
+            FieldKind::String { .. } | FieldKind::Rule(_) => match value {
                 Value::String(s) if s.is_empty() => {
                     return Err(ConfigError::field(f.name, "must not be empty"))
                 }
-                Value::String(_) => {}
+                Value::String(s) => {
+                    if let FieldKind::Rule(rule) = f.kind {
+                        (rule.check)(s).map_err(|r| ConfigError::field(f.name, r))?;
+                    }
+                }
                 _ => return Err(ConfigError::field(f.name, "expected a string")),
             },
             FieldKind::Integer { min, max } => {
@@ -431,6 +616,7 @@ fn check_fields(obj: &Map<String, Value>) -> Result<Map<String, Value>, ConfigEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::policy::OnFailure;
 
     fn cfg(extra: &str) -> Result<Config, ConfigError> {
         let base = r#""service_url":"https://pdp:8443/","shared_secret":"s3cr3t","secret_header_name":"CLIENT-TOKEN""#;
@@ -481,6 +667,31 @@ mod tests {
                 .connection_timeout_ms,
             30000
         );
+    }
+
+    #[test]
+    fn failure_policy_and_mode() {
+        let c = cfg("").unwrap();
+        assert!(!c.shadow);
+        assert_eq!(c.failure_policy.server_error, OnFailure::Deny(None));
+        assert_eq!(c.failure_policy.methods, ["GET", "HEAD", "OPTIONS"]);
+        assert_eq!(c.failure_policy.marker_header, "x-ping-auth-fail-open");
+        let c = cfg(r#""mode":"shadow","on_unreachable":"allow","on_server_error":"deny:503","fail_open_methods":" GET , POST","fail_open_header":"X-Open""#).unwrap();
+        assert!(c.shadow);
+        assert_eq!(c.failure_policy.unreachable, OnFailure::Allow);
+        assert_eq!(c.failure_policy.server_error, OnFailure::Deny(Some(503)));
+        assert_eq!(c.failure_policy.methods, ["GET", "POST"]);
+        assert_eq!(c.failure_policy.marker_header, "x-open");
+        for (bad, field) in [
+            (r#""mode":"dry-run""#, "mode"),
+            (r#""on_unreachable":"open""#, "on_unreachable"),
+            (r#""on_rate_limited":"deny:200""#, "on_rate_limited"),
+            (r#""fail_open_methods":"get""#, "fail_open_methods"),
+            (r#""fail_open_methods":"GET,,HEAD""#, "fail_open_methods"),
+            (r#""fail_open_header":"x open""#, "fail_open_header"),
+        ] {
+            assert_eq!(cfg(bad).unwrap_err().field.as_deref(), Some(field), "{bad}");
+        }
     }
 
     #[test]

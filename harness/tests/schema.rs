@@ -218,12 +218,17 @@ fn meta_json_is_a_draft4_schema_of_fields() {
                 assert_eq!(p["maximum"], max);
             }
             FieldKind::Boolean => assert_eq!(types[0], "boolean"),
+            FieldKind::Rule(rule) => {
+                assert_eq!(types[0], "string");
+                assert_eq!(p["pattern"], rule.pattern, "{}", f.name);
+            }
         }
         assert_eq!(p["description"], f.description);
         match f.default {
             None => assert!(!p.contains_key("default"), "{}", f.name),
             Some(config::Default::Integer(i)) => assert_eq!(p["default"], i),
             Some(config::Default::Boolean(b)) => assert_eq!(p["default"], b),
+            Some(config::Default::Text(t)) => assert_eq!(p["default"], t),
         }
     }
 }
@@ -506,7 +511,9 @@ fn shipped_lua_plugin_configurations_are_valid() {
                 .find(|f| f.lua == Some(k.as_str()))
                 .ok_or(format!("{k}: not a field of the Lua plugin"))?;
             let ok = match f.kind {
-                FieldKind::String { .. } => v.as_str().is_some_and(|s| !s.is_empty()),
+                FieldKind::String { .. } | FieldKind::Rule(_) => {
+                    v.as_str().is_some_and(|s| !s.is_empty())
+                }
                 FieldKind::Integer { .. } => v.as_i64().is_some_and(|i| i > 0),
                 FieldKind::Boolean => v.is_boolean(),
             };

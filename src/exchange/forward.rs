@@ -3,6 +3,7 @@
 //! are Kong's `ngx.upstream_uri` / `ngx.upstream_host`; elsewhere they are
 //! the request's `:path` and `Host`.
 
+use crate::failure::policy::Class;
 use crate::failure::Failure;
 use crate::host::{Host, Map};
 use crate::protocol::decision::{Directives, HeaderOp};
@@ -63,6 +64,25 @@ pub fn apply(h: &mut dyn Host, sent: &ClientRequest, d: &Directives) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The failure policy's marker on a request the host proxies: a request let
+/// through carries its class; a client's own header of that name is blanked
+/// (the host cannot remove a header from a request it proxies, see `slots`).
+pub fn mark(h: &mut dyn Host, name: &str, client_lines: usize, class: Option<Class>) {
+    let value = class.map_or("", Class::name);
+    match client_lines {
+        0 if class.is_some() => h.add_header(Map::RequestHeaders, name, value),
+        0 => return,
+        _ => h.set_header(Map::RequestHeaders, name, Some(value)),
+    }
+    if client_lines > 0 {
+        log::warn!(
+            "the client sent its own '{name}' header ({client_lines} line(s)); the upstream gets \
+             the filter's value in its first line (Kong's Wasm host cannot remove the header \
+             from a request it proxies); enable the response hook to remove it"
+        );
+    }
 }
 
 /// One header change.

@@ -140,8 +140,8 @@ pub fn after_upstream(
     };
     let url = request::url_bytes(&r.scheme, &r.host, &r.port, &r.path, &query);
     let context = match &d.state {
-        Some(raw) => Context::State(raw),
-        None => Context::Request(&sent.json),
+        Some(raw) => Context::State(raw.get()),
+        None => Context::Request(sent.text()),
     };
     let payload = response_hook::payload(method, &url, &upstream, &r.http_version, context)
         .map_err(|what| Failure::Host { what })?;

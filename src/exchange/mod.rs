@@ -20,6 +20,8 @@
 //! - [`forward`]: an allow with the response hook off.
 //! - [`hook`]: the response hook's upstream call and `/sideband/response`.
 //! - [`deliver`]: local replies delivered exactly, and the response steps.
+//! - [`verdict`]: shadow mode, and the operator's policy for failures of the
+//!   policy server (deny, or let the request through marked).
 
 mod deliver;
 mod forward;
@@ -27,14 +29,16 @@ mod hook;
 mod read;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 use crate::config::Config;
 use crate::debug;
 use crate::failure::backoff::Backoff;
+use crate::failure::policy::Class;
 use crate::failure::{Call, Failure};
 use crate::host::{Action, Body, Dispatch, Host, Map};
 use crate::http::Reply;
-use crate::protocol::decision::{self, CallResult, Directives, RequestOutcome};
+use crate::protocol::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::protocol::reply::Members;
 use crate::protocol::request::Payload;
 use crate::protocol::response_hook::{self, UpstreamResponse};
@@ -42,10 +46,9 @@ use crate::protocol::Endpoint;
 use crate::upstream::Target;
 use deliver::Delivery;
 use read::Seen;
-use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 enum Stage {
     /// Nothing decided yet.
@@ -57,6 +60,7 @@ enum Stage {
         token: u32,
         seen: Box<Seen>,
         sent: Payload,
+        asked: SystemTime,
     },
     /// The response hook's upstream call in flight.
     Upstream {
@@ -70,6 +74,8 @@ enum Stage {
     Responding {
         token: u32,
         upstream: Box<UpstreamResponse>,
+        method: String,
+        asked: SystemTime,
     },
     /// Allowed; the host proxies the (modified) request.
     Forwarded,
@@ -108,18 +114,21 @@ impl Exchange {
             );
             return Action::Pause;
         };
-        match read::client_request(h) {
-            Err(f) => self.fail(h, f),
+        match read::client_request(h, &config.failure_policy.marker_header) {
+            Err(f) if config.shadow => self.shadow_pass(&f),
+            Err(f) => {
+                self.fail(h, f);
+                Action::Pause
+            }
             Ok((seen, true)) => {
                 self.stage = Stage::AwaitingBody(Box::new(seen));
-                return Action::Continue;
+                Action::Continue
             }
             Ok((mut seen, false)) => {
                 seen.request.body = Some(Vec::new());
-                self.ask_policy(h, &config, seen);
+                self.ask_policy(h, &config, seen)
             }
         }
-        Action::Pause
     }
 
     pub fn on_request_body(&mut self, h: &mut dyn Host, size: usize, end: bool) -> Action {
@@ -141,12 +150,12 @@ impl Exchange {
                     );
                 }
                 seen.request.body = body;
-                if let Some(config) = self.config.clone() {
-                    self.ask_policy(h, &config, *seen);
+                match self.config.clone() {
+                    Some(config) => self.ask_policy(h, &config, *seen),
+                    None => Action::Pause,
                 }
-                Action::Pause
             }
-            Stage::Forwarded if size > 0 => {
+            Stage::Forwarded if size > 0 && !self.config.as_ref().is_some_and(|c| c.shadow) => {
                 self.fail(
                     h,
                     Failure::Host {
@@ -164,21 +173,29 @@ impl Exchange {
         }
     }
 
-    /// Posts the request's payload to `/sideband/request`.
-    fn ask_policy(&mut self, h: &mut dyn Host, config: &Config, seen: Seen) {
+    /// Posts the request's payload to `/sideband/request`. Returns what the
+    /// request step answers the host (in a step, a request let through
+    /// continues by the returned action, not by a resume).
+    fn ask_policy(&mut self, h: &mut dyn Host, config: &Config, seen: Seen) -> Action {
         let sent = match seen.request.payload() {
             Ok(p) => p,
-            Err(what) => return self.fail(h, Failure::Host { what }),
+            Err(what) => {
+                self.fail(h, Failure::Host { what });
+                return Action::Pause;
+            }
         };
+        let asked = h.now();
         match self.call_sideband(h, config, &config.request_endpoint, sent.text()) {
             Ok(token) => {
                 self.stage = Stage::Deciding {
                     token,
                     seen: Box::new(seen),
                     sent,
-                }
+                    asked,
+                };
+                Action::Pause
             }
-            Err(f) => self.fail(h, f),
+            Err(f) => self.refused_decision(h, config, Box::new(seen), sent, f, asked),
         }
     }
 
@@ -265,35 +282,67 @@ impl Exchange {
             } => {
                 match hook::after_upstream(h, &config, &seen, &sent, &directives, &target, reply) {
                     Ok((upstream, payload)) => {
+                        let asked = h.now();
+                        let method = directives.method.clone().unwrap_or(seen.request.method);
                         match self.call_sideband(h, &config, &config.response_endpoint, &payload) {
                             Ok(token) => {
                                 self.stage = Stage::Responding {
                                     token,
                                     upstream: Box::new(upstream),
+                                    method,
+                                    asked,
                                 }
                             }
-                            Err(f) => self.fail(h, f),
+                            Err(f) => {
+                                self.refused_response(h, &config, &upstream, &method, f, asked)
+                            }
                         }
                     }
                     Err(f) => self.fail(h, f),
                 }
             }
-            Stage::Deciding { seen, sent, .. } => {
+            Stage::Deciding {
+                seen, sent, asked, ..
+            } => {
                 let outcome = self
                     .checked(h, &config, Call::Request, reply)
                     .and_then(|members| {
-                        let literal = sent.body_literal.as_deref().map(RawValue::get);
+                        let literal = sent.body_literal();
                         decision::interpret(&members, &seen.request, literal, self.debug_enabled())
                     });
-                self.decided(h, &config, seen, sent, outcome);
+                match outcome {
+                    Err(f) => {
+                        if self.refused_decision(h, &config, seen, sent, f, asked)
+                            == Action::Continue
+                        {
+                            h.resume_request();
+                        }
+                    }
+                    Ok(outcome) if config.shadow => {
+                        verdict::shadow_decision(h, &outcome, asked);
+                        if self.let_through(h, &config, seen, sent, None) == Action::Continue {
+                            h.resume_request();
+                        }
+                    }
+                    Ok(outcome) => self.decided(h, &config, seen, sent, outcome),
+                }
             }
-            Stage::Responding { upstream, .. } => {
+            Stage::Responding {
+                upstream,
+                method,
+                asked,
+                ..
+            } => {
                 let outcome = self
                     .checked(h, &config, Call::Response, reply)
                     .and_then(|members| response_hook::client_response(&members, &upstream));
                 match outcome {
+                    Ok(reply) if config.shadow => {
+                        verdict::shadow_response(h, Some(&reply), None, asked);
+                        self.send(h, upstream.unchanged());
+                    }
                     Ok(reply) => self.send(h, reply),
-                    Err(f) => self.fail(h, f),
+                    Err(f) => self.refused_response(h, &config, &upstream, &method, f, asked),
                 }
             }
             other => self.stage = other,
@@ -342,11 +391,10 @@ impl Exchange {
         config: &Config,
         seen: Box<Seen>,
         sent: Payload,
-        outcome: Result<RequestOutcome, Failure>,
+        outcome: RequestOutcome,
     ) {
         match outcome {
-            Err(f) => self.fail(h, f),
-            Ok(RequestOutcome::Deny(reply)) => {
+            RequestOutcome::Deny(reply) => {
                 if config.enable_debug_logging {
                     log::debug!(
                         "Request authorization denied by the policy provider, returning status {} to client.",
@@ -355,7 +403,7 @@ impl Exchange {
                 }
                 self.send(h, reply);
             }
-            Ok(RequestOutcome::Allow(d)) => {
+            RequestOutcome::Allow(d) => {
                 for w in &d.warnings {
                     log::warn!("{w}");
                 }
@@ -364,40 +412,60 @@ impl Exchange {
                         log::debug!("{n}");
                     }
                 }
-                if !config.enable_response_hook {
-                    match forward::apply(h, &seen.request, &d) {
-                        Ok(()) => {
-                            self.stage = Stage::Forwarded;
-                            h.resume_request();
-                        }
-                        Err(f) => self.fail(h, f),
-                    }
-                    return;
-                }
-                match hook::call_upstream(h, config, &seen, &d) {
-                    Ok((token, target)) => {
-                        self.stage = Stage::Upstream {
-                            token,
-                            seen,
-                            sent,
-                            directives: Box::new(d),
-                            target,
-                        }
-                    }
+                match self.proceed(h, config, seen, sent, d, None) {
+                    Ok(Action::Continue) => h.resume_request(),
+                    Ok(Action::Pause) => {}
                     Err(f) => self.fail(h, f),
                 }
             }
         }
     }
 
+    /// An allowed request goes on with `d`: with the response hook off the
+    /// host proxies it (`Continue`: the caller resumes it, or returns
+    /// `Continue` from a request step); with the hook on the filter sends it
+    /// upstream itself (`Pause`). `marker`: the class of a request let
+    /// through by the failure policy.
+    fn proceed(
+        &mut self,
+        h: &mut dyn Host,
+        config: &Config,
+        seen: Box<Seen>,
+        sent: Payload,
+        d: Directives,
+        marker: Option<Class>,
+    ) -> Result<Action, Failure> {
+        if !config.enable_response_hook {
+            forward::apply(h, &seen.request, &d)?;
+            forward::mark(
+                h,
+                &config.failure_policy.marker_header,
+                seen.client_markers,
+                marker,
+            );
+            self.stage = Stage::Forwarded;
+            return Ok(Action::Continue);
+        }
+        let mut d = d;
+        if let Some(class) = marker {
+            let name = config.failure_policy.marker_header.clone();
+            d.header_ops
+                .push(HeaderOp::Set(name, vec![class.name().to_string()]));
+        }
+        let (token, target) = hook::call_upstream(h, config, &seen, &d)?;
+        self.stage = Stage::Upstream {
+            token,
+            seen,
+            sent,
+            directives: Box::new(d),
+            target,
+        };
+        Ok(Action::Pause)
+    }
+
     /// The failure policy applied: its log line, its back-off, its reply.
     fn fail(&mut self, h: &mut dyn Host, failure: Failure) {
-        let (level, message) = failure.log();
-        log::log!(level, "{message}");
-        if let Some(secs) = failure.backoff_secs() {
-            let now = h.now();
-            self.backoff.borrow_mut().trip(now, secs);
-        }
+        self.record(h, &failure);
         self.send(h, failure.reply());
     }
 
@@ -411,6 +479,14 @@ impl Exchange {
             Stage::Replied(delivery) => delivery.fix_headers(h),
             // Never saw the request: an earlier filter of the chain answered.
             Stage::Forwarded | Stage::Start => {}
+            Stage::AwaitingBody(_)
+            | Stage::Deciding { .. }
+            | Stage::Upstream { .. }
+            | Stage::Responding { .. }
+                if self.config.as_ref().is_some_and(|c| c.shadow) =>
+            {
+                self.shadow_pass(&Failure::UpstreamBeforeDecision);
+            }
             Stage::AwaitingBody(_)
             | Stage::Deciding { .. }
             | Stage::Upstream { .. }

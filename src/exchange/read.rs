@@ -23,11 +23,15 @@ pub struct Seen {
     pub client_host: String,
     /// Size of a body the host could not hand over (spooled to a file).
     pub unread_body_size: usize,
+    /// Lines of the failure policy's marker header the client sent itself
+    /// (never shown to the policy server, never passed on as sent).
+    pub client_markers: usize,
 }
 
 /// The client request, and whether a body step follows (a non-zero
-/// `Content-Length`, or `Transfer-Encoding`).
-pub fn client_request(h: &mut dyn Host) -> Result<(Seen, bool), Failure> {
+/// `Content-Length`, or `Transfer-Encoding`). `marker`: the failure policy's
+/// marker header, which is the filter's to set, so a client's own is left out.
+pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Failure> {
     let map = h.header_map(Map::RequestHeaders);
     if request::header_map_may_be_truncated(map.declared.max(map.pairs.len())) {
         return Err(Failure::TooManyHeaders {
@@ -43,12 +47,15 @@ pub fn client_request(h: &mut dyn Host) -> Result<(Seen, bool), Failure> {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let method = map.text(":method").unwrap_or_default();
-    let all_headers: Vec<Header> = map
+    let mut all_headers: Vec<Header> = map
         .pairs
         .iter()
         .filter(|(n, _)| !n.starts_with(':'))
         .map(|(n, v)| Header::new(n, v.clone()))
         .collect();
+    let before = all_headers.len();
+    all_headers.retain(|h| h.name != marker);
+    let client_markers = before - all_headers.len();
     let client_host = map.text("host").unwrap_or_default();
 
     let client_target =
@@ -114,6 +121,7 @@ pub fn client_request(h: &mut dyn Host) -> Result<(Seen, bool), Failure> {
         all_headers,
         client_host,
         client_target: client_target.clone(),
+        client_markers,
         ..Seen::default()
     };
     Ok((seen, has_body))

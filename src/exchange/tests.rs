@@ -551,3 +551,248 @@ fn debug_logging_dumps_calls_without_the_secret() {
         .any(|(_, m)| m.starts_with("Received sideband response")));
     no_secret_logged();
 }
+
+fn fail_open(extra: &str) -> Exchange {
+    exchange_with(&format!(r#"{HOOK_OFF},{extra}"#)).0
+}
+
+/// Every class × allow, hook off: the request is proxied unchanged with the
+/// marker; other methods are denied; the marker never reaches the policy.
+#[test]
+fn each_failure_class_can_fail_open_for_the_listed_methods() {
+    type Case<'a> = (&'a str, Option<u16>, &'a [u8], &'a str);
+    let cases: Vec<Case> = vec![
+        ("on_unreachable", None, b"", "unreachable"),
+        (
+            "on_server_error",
+            Some(503),
+            br#"{"message":"down"}"#,
+            "server_error",
+        ),
+        (
+            "on_client_error",
+            Some(401),
+            br#"{"message":"secret"}"#,
+            "client_error",
+        ),
+        (
+            "on_malformed_reply",
+            Some(200),
+            b"<html>",
+            "malformed_reply",
+        ),
+        (
+            "on_malformed_reply",
+            Some(200),
+            br#"{"method":"GET"}"#,
+            "malformed_reply",
+        ),
+        ("on_rate_limited", Some(429), b"", "rate_limited"),
+    ];
+    for (field, status, body, class) in cases {
+        capture_logs();
+        let mut x = fail_open(&format!(r#""{field}":"allow""#));
+        let mut h = MockHost::request("GET", "/x", &[("x-ping-auth-fail-open", "forged")]);
+        x.on_request_headers(&mut h);
+        assert!(
+            posted(&h)["headers"]
+                .to_string()
+                .find("fail-open")
+                .is_none(),
+            "{class}"
+        );
+        answer(&mut x, &mut h, status, &[], body);
+        assert_eq!(h.sent(), None, "{class}");
+        assert!(h.resumed(), "{class}");
+        assert!(h.effects.contains(&Effect::SetHeader(
+            Map::RequestHeaders,
+            "x-ping-auth-fail-open".into(),
+            Some(class.into())
+        )));
+        // Nothing of the reply was applied.
+        assert_eq!(h.changes(Map::RequestHeaders).len(), 1, "{class}");
+        let line = format!("fail-open: class={class} method=GET");
+        assert!(
+            logs()
+                .iter()
+                .any(|(l, m)| *l == log::Level::Warn && m.starts_with(&line)),
+            "{class}"
+        );
+        no_secret_logged();
+        // POST is not a listed method: denied as usual.
+        let mut x = fail_open(&format!(r#""{field}":"allow""#));
+        let mut h = MockHost::request("POST", "/x", &[]);
+        x.on_request_headers(&mut h);
+        answer(&mut x, &mut h, status, &[], body);
+        assert!(matches!(sent_status(&h), Some(429 | 502)), "{class}");
+        assert!(!h.resumed());
+    }
+}
+
+#[test]
+fn deny_can_carry_a_configured_status_and_methods_are_configurable() {
+    let mut x = fail_open(r#""on_server_error":"deny:503""#);
+    let mut h = get();
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, Some(500), &[], b"{}");
+    assert_eq!(sent_status(&h), Some(503));
+    let mut x = fail_open(r#""on_unreachable":"allow","fail_open_methods":"POST, PUT""#);
+    let mut h = MockHost::request("POST", "/x", &[]);
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, None, &[], b"");
+    assert!(h.resumed());
+    let mut h = get();
+    let mut x = fail_open(r#""on_unreachable":"allow","fail_open_methods":"POST, PUT""#);
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, None, &[], b"");
+    assert_eq!(sent_status(&h), Some(502));
+}
+
+#[test]
+fn a_refused_dispatch_or_running_backoff_fails_open_from_the_request_step() {
+    let mut x = fail_open(r#""on_unreachable":"allow""#);
+    let mut h = get();
+    h.refuse_dispatch = Some("InternalFailure".into());
+    // Inside the request step the host continues by the returned action.
+    assert_eq!(x.on_request_headers(&mut h), Action::Continue);
+    assert!(!h.resumed());
+    assert_eq!(h.sent(), None);
+}
+
+#[test]
+fn fail_open_with_the_response_hook_marks_the_upstream_call() {
+    let mut x =
+        exchange_with(r#""upstream_url":"http://backend:9000","on_server_error":"allow""#).0;
+    let mut h = MockHost::request("GET", "/x", &[("x-ping-auth-fail-open", "forged")]);
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, Some(500), &[], b"{}");
+    let up = h.dispatches()[1].clone();
+    assert_eq!(up.address, "backend:9000");
+    let markers: Vec<_> = up
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-ping-auth-fail-open")
+        .collect();
+    assert_eq!(
+        markers,
+        vec![&(
+            "x-ping-auth-fail-open".to_string(),
+            "server_error".to_string()
+        )]
+    );
+    // The response call fails too: the upstream's response, unchanged.
+    answer(
+        &mut x,
+        &mut h,
+        Some(201),
+        &[("x-up", "1"), ("connection", "close")],
+        b"made",
+    );
+    answer(&mut x, &mut h, Some(503), &[], b"{}");
+    let sent = h.sent().unwrap();
+    assert_eq!(sent.status, 201);
+    assert_eq!(sent.headers, vec![("x-up".to_string(), "1".to_string())]);
+    assert_eq!(sent.body.as_deref(), Some(&b"made"[..]));
+}
+
+fn shadow(extra: &str) -> Exchange {
+    let sep = if extra.is_empty() { "" } else { "," };
+    exchange_with(&format!(r#""mode":"shadow"{sep}{extra}"#)).0
+}
+
+/// Shadow mode, hook off: whatever the reply, the request is proxied as
+/// sent (no header change at all), and one `shadow:` line says what would
+/// have happened.
+#[test]
+fn shadow_mode_changes_nothing_whatever_the_reply() {
+    let deny = json!({"response": {"response_code": 403, "headers": [], "body": "no"}}).to_string();
+    type Case<'a> = (Option<u16>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (Some(200), deny.into_bytes(), "decision=deny status=403"),
+        (
+            Some(500),
+            b"{}".to_vec(),
+            "decision=fail status=502 directives=- class=server_error",
+        ),
+        (
+            Some(429),
+            b"".to_vec(),
+            "decision=fail status=429 directives=- class=rate_limited",
+        ),
+        (None, b"".to_vec(), "class=unreachable"),
+        (Some(200), b"[]".to_vec(), "class=malformed_reply"),
+    ];
+    for (status, body, line) in cases {
+        capture_logs();
+        let mut x = shadow(HOOK_OFF);
+        let mut h = MockHost::request("GET", "/x", &[("accept-encoding", "gzip")]);
+        x.on_request_headers(&mut h);
+        answer(&mut x, &mut h, status, &[], &body);
+        assert!(h.resumed(), "{line}");
+        assert_eq!(h.sent(), None, "{line}");
+        assert!(h.changes(Map::RequestHeaders).is_empty(), "{line}");
+        assert!(
+            logs()
+                .iter()
+                .any(|(_, m)| m.starts_with("shadow: call=request") && m.contains(line)),
+            "{line}: {:?}",
+            logs()
+        );
+    }
+    // An allow with directives: none applied.
+    capture_logs();
+    let mut x = shadow(HOOK_OFF);
+    let mut h = get();
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["method"] = json!("POST");
+        r["headers"] = json!([{"x-user": "alice"}]);
+    });
+    assert!(h.resumed());
+    assert!(h.changes(Map::RequestHeaders).is_empty());
+    assert!(logs().iter().any(|(_, m)| m
+        .starts_with("shadow: call=request decision=allow status=- directives=headers,method")));
+}
+
+#[test]
+fn shadow_mode_lets_requests_the_filter_would_refuse_through() {
+    let mut x = shadow(HOOK_OFF);
+    let mut h = get();
+    h.declared_request_pairs = Some(100);
+    assert_eq!(x.on_request_headers(&mut h), Action::Continue);
+    assert_eq!(h.sent(), None);
+    // The host proxying before a decision: the response passes.
+    let mut x = shadow(HOOK_OFF);
+    let mut h = MockHost::request("POST", "/p", &[("transfer-encoding", "chunked")]);
+    x.on_request_headers(&mut h);
+    assert_eq!(x.on_response_headers(&mut h), Action::Continue);
+    assert_eq!(h.sent(), None);
+    assert!(h.changes(Map::ResponseHeaders).is_empty());
+}
+
+#[test]
+fn shadow_mode_with_the_hook_posts_the_real_response_and_discards_the_reply() {
+    capture_logs();
+    let mut x = shadow(r#""upstream_url":"http://backend:9000""#);
+    let mut h = MockHost::request("GET", "/x", &[("accept-encoding", "gzip")]);
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |r| {
+        r["headers"] = json!([{"x-user": "alice"}])
+    });
+    let up = h.dispatches()[1].clone();
+    assert_eq!(up.header("x-user"), None);
+    assert_eq!(up.header("accept-encoding"), Some("gzip"));
+    answer(&mut x, &mut h, Some(200), &[("x-up", "1")], b"real");
+    let p: Value = serde_json::from_slice(&h.dispatches()[2].body).unwrap();
+    assert_eq!(p["body"], "real");
+    let rewrite = json!({"response_code": 403, "headers": [], "body": "policy"}).to_string();
+    answer(&mut x, &mut h, Some(200), &[], rewrite.as_bytes());
+    let sent = h.sent().unwrap();
+    assert_eq!(
+        (sent.status, sent.body.as_deref()),
+        (200, Some(&b"real"[..]))
+    );
+    assert!(logs()
+        .iter()
+        .any(|(_, m)| m.starts_with("shadow: call=response decision=replace status=403")));
+}

@@ -9,6 +9,7 @@
 //! replies are 502 (Lua crashed into 500), and a 429 never breaks later requests.
 
 pub mod backoff;
+pub mod policy;
 
 use crate::http::Reply;
 pub use log::Level;

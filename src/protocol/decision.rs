@@ -704,7 +704,7 @@ mod tests {
     fn body_echo_recognised_from_the_sent_literal() {
         let sent_payload = sent().payload().unwrap();
         let payload = sent_payload.text();
-        let literal = sent_payload.body_literal.as_deref().map(RawValue::get);
+        let literal = sent_payload.body_literal();
         assert_eq!(literal, Some(r#""{\"a\":1}""#));
         let members = reply::parse_members(payload.as_bytes()).unwrap();
         match interpret(&members, &sent(), literal, false).unwrap() {

@@ -27,9 +27,37 @@ pub fn text(bytes: &[u8]) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Appends a member whose value is JSON text already to a serialised
+/// object: `{...}` becomes `{...,"name":raw}` (`{}` becomes `{"name":raw}`).
+/// Kept byte for byte, with no parse: `raw` is the filter's own output or a
+/// value it parsed from a reply.
+pub fn append_raw_member(object: &mut Vec<u8>, name: &str, raw: &str) {
+    if object.last() == Some(&b'}') {
+        object.pop();
+    }
+    if object.len() > 1 {
+        object.push(b',');
+    }
+    object.push(b'"');
+    object.extend_from_slice(name.as_bytes());
+    object.extend_from_slice(b"\":");
+    object.extend_from_slice(raw.as_bytes());
+    object.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_members_are_appended_as_they_are() {
+        let mut o = b"{\"a\":1}".to_vec();
+        append_raw_member(&mut o, "s", "{\"k\": [1, 2.50]}");
+        assert_eq!(o, b"{\"a\":1,\"s\":{\"k\": [1, 2.50]}}");
+        let mut e = b"{}".to_vec();
+        append_raw_member(&mut e, "r", "null");
+        assert_eq!(e, b"{\"r\":null}");
+    }
 
     fn lit(b: &[u8]) -> String {
         serde_json::to_string(&*text(b)).unwrap()

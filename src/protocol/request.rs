@@ -5,7 +5,6 @@ use crate::http::Header;
 use crate::protocol::json;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
-use serde_json::value::{to_raw_value, RawValue};
 
 /// At most this many request headers and query arguments are sent, as with
 /// OpenResty's defaults in the Lua plugin.
@@ -67,42 +66,58 @@ impl ClientRequest {
     /// The JSON body of `POST /sideband/request`
     /// (docs/sideband-protocol.md#request-payload).
     pub fn payload(&self) -> Result<Payload, String> {
-        // The body's literal is written once and copied into the payload
-        // as is, so that a reply echoing it is recognised without decoding.
-        let body_literal = match &self.body {
-            Some(b) => Some(to_raw_value(&Text(b)).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let client_certificate = match &self.client_certificate {
-            Some(c) => Some(RawValue::from_string(c.clone()).map_err(|e| e.to_string())?),
-            None => None,
-        };
         let fields = RequestFields {
             source_ip: &self.source_ip,
             source_port: &self.source_port,
             method: &self.method,
             url: Text(&self.url()),
-            body: body_literal.as_deref(),
+            body: self.body.as_deref().map(Text),
             headers: Headers(&self.headers),
             http_version: &self.http_version,
-            client_certificate: client_certificate.as_deref(),
         };
-        let json = to_raw_value(&fields).map_err(|e| e.to_string())?;
-        Ok(Payload { json, body_literal })
+        let size = 256 + self.body.as_ref().map_or(0, Vec::len) * 2 + self.headers.len() * 64;
+        let mut out = Vec::with_capacity(size);
+        serde_json::to_writer(&mut out, &fields).map_err(|e| e.to_string())?;
+        // The certificate is JSON already: its text is the last member.
+        if let Some(cert) = &self.client_certificate {
+            json::append_raw_member(&mut out, "client_certificate", cert);
+        }
+        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+        let body_range = self
+            .body
+            .as_ref()
+            .and_then(|_| member_range(&text, "body", "headers"));
+        Ok(Payload { text, body_range })
     }
+}
+
+/// Where member `name`'s value stands in a payload written from
+/// [`RequestFields`], given the member that follows it. The text `,"name":`
+/// cannot occur inside an earlier value: a quote inside a JSON string is
+/// always escaped.
+fn member_range(text: &str, name: &str, next: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find(&format!(",\"{name}\":"))? + name.len() + 4;
+    let len = text.get(start..)?.find(&format!(",\"{next}\":"))?;
+    Some(start..start + len)
 }
 
 /// A `/sideband/request` payload as sent.
 #[derive(Debug)]
 pub struct Payload {
-    pub json: Box<RawValue>,
-    /// The `body` member's JSON literal, when a body was sent.
-    pub body_literal: Option<Box<RawValue>>,
+    text: String,
+    /// Where the `body` member's JSON literal stands in `text`.
+    body_range: Option<std::ops::Range<usize>>,
 }
 
 impl Payload {
     pub fn text(&self) -> &str {
-        self.json.get()
+        &self.text
+    }
+
+    /// The `body` member's JSON literal, when a body was sent: a reply that
+    /// echoes it is recognised without decoding it.
+    pub fn body_literal(&self) -> Option<&str> {
+        self.body_range.clone().and_then(|r| self.text.get(r))
     }
 }
 
@@ -114,11 +129,9 @@ struct RequestFields<'a> {
     method: &'a str,
     url: Text<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a RawValue>,
+    body: Option<Text<'a>>,
     headers: Headers<'a>,
     http_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_certificate: Option<&'a RawValue>,
 }
 
 /// Bytes as a JSON string under the filter's encoding (see `json`).
@@ -455,7 +468,7 @@ mod tests {
             )
         );
         assert_eq!(
-            p.body_literal.as_deref().map(RawValue::get),
+            p.body_literal(),
             Some(r#""{\"json\": [1, 2]}\n\r\b\f</script>""#)
         );
         let up = crate::protocol::response_hook::UpstreamResponse {
@@ -468,19 +481,18 @@ mod tests {
             body: b"b\"\x00y".to_vec(),
         };
         use crate::protocol::response_hook::{payload, Context};
-        let state = RawValue::from_string(r#"{"k": [1, 2.50]}"#.into()).unwrap();
         let with_state = payload(
             "PUT",
             b"https://kong:8443/a?q=1",
             &up,
             "1.1",
-            Context::State(&state),
+            Context::State(r#"{"k": [1, 2.50]}"#),
         );
         assert_eq!(
             with_state.unwrap(),
             r#"{"method":"PUT","url":"https://kong:8443/a?q=1","body":"b\"\u0000y","response_code":"201","response_status":"","headers":[{"content-type":"text/x"},{"x-b":"ÿ"}],"http_version":"1.1","state":{"k": [1, 2.50]}}"#
         );
-        let with_request = payload("PUT", b"u", &up, "1.1", Context::Request(&p.json));
+        let with_request = payload("PUT", b"u", &up, "1.1", Context::Request(p.text()));
         assert_eq!(
             with_request.unwrap(),
             del(

@@ -13,7 +13,6 @@ use crate::protocol::json;
 use crate::protocol::reply::{self, member, Members};
 use crate::protocol::request::{Headers, Text, MAX_HEADERS};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// An upstream response, as received.
@@ -23,6 +22,27 @@ pub struct UpstreamResponse {
     /// Lower-cased names in received order.
     pub headers: Vec<Header>,
     pub body: Vec<u8>,
+}
+
+impl UpstreamResponse {
+    /// The response as the client would get it without the filter: its
+    /// status, headers (the host sets the framing and consumes hop-by-hop
+    /// headers) and body.
+    pub fn unchanged(&self) -> Reply {
+        Reply {
+            status: self.status,
+            headers: self
+                .headers
+                .iter()
+                .filter(|h| {
+                    !is_hop_by_hop(&h.name)
+                        && !crate::http::FRAMING_HEADERS.contains(&h.name.as_str())
+                })
+                .map(|h| (h.name.clone(), json::text(&h.value).into_owned()))
+                .collect(),
+            body: self.body.clone(),
+        }
+    }
 }
 
 /// Hop-by-hop headers: nginx consumes them, so the Lua plugin never saw them
@@ -49,8 +69,8 @@ const KEPT_UPSTREAM: &[&str] = &["date", "vary"];
 /// or the original `/sideband/request` payload.
 #[derive(Debug, Clone)]
 pub enum Context<'a> {
-    State(&'a RawValue),
-    Request(&'a RawValue),
+    State(&'a str),
+    Request(&'a str),
 }
 
 /// The Lua plugin's fixed `response_status` table; every other code is "".
@@ -86,10 +106,6 @@ pub fn payload(
         .take(MAX_HEADERS)
         .cloned()
         .collect();
-    let (state, request) = match context {
-        Context::State(raw) => (Some(raw), None),
-        Context::Request(raw) => (None, Some(raw)),
-    };
     let fields = ResponseFields {
         method,
         url: Text(url),
@@ -98,13 +114,18 @@ pub fn payload(
         response_status: status_text(upstream.status),
         headers: Headers(&headers),
         http_version,
-        state,
-        request,
     };
-    serde_json::to_string(&fields).map_err(|e| e.to_string())
+    let mut out = Vec::with_capacity(512 + upstream.body.len() * 2);
+    serde_json::to_writer(&mut out, &fields).map_err(|e| e.to_string())?;
+    // `state` or `request` is JSON already: its text is the last member.
+    match context {
+        Context::State(raw) => json::append_raw_member(&mut out, "state", raw),
+        Context::Request(raw) => json::append_raw_member(&mut out, "request", raw),
+    }
+    String::from_utf8(out).map_err(|e| e.to_string())
 }
 
-/// The payload's members in the Lua plugin's order.
+/// The payload's members in the Lua plugin's order (then `state` or `request`).
 #[derive(Serialize)]
 struct ResponseFields<'a> {
     method: &'a str,
@@ -114,10 +135,6 @@ struct ResponseFields<'a> {
     response_status: &'static str,
     headers: Headers<'a>,
     http_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<&'a RawValue>,
 }
 
 fn malformed(what: impl Into<String>) -> Failure {
@@ -179,7 +196,7 @@ mod tests {
             b"http://k:8000/x?y=1",
             &upstream(),
             "1.1",
-            Context::State(&RawValue::from_string("\"S1\"".into()).unwrap()),
+            Context::State("\"S1\""),
         )
         .unwrap();
         let v: Value = serde_json::from_str(&p).unwrap();
@@ -203,7 +220,7 @@ mod tests {
             b"u",
             &upstream(),
             "1.1",
-            Context::Request(&RawValue::from_string(r#"{"method":"GET"}"#.into()).unwrap()),
+            Context::Request(r#"{"method":"GET"}"#),
         )
         .unwrap();
         let v: Value = serde_json::from_str(&p).unwrap();

@@ -191,8 +191,8 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
     };
     let url = request::url_bytes(&req.scheme, &req.host, &req.port, &req.path, &query);
     let context = match &directives.state {
-        Some(raw) => Context::State(raw),
-        None => Context::Request(&sent.json),
+        Some(raw) => Context::State(raw.get()),
+        None => Context::Request(sent.text()),
     };
     let response_payload =
         response_hook::payload(method, &url, &upstream, &req.http_version, context)?;

@@ -30,7 +30,7 @@ const LUA_PATH: &str = "schema/schema.lua";
 
 fn extra_pattern(name: &str) -> Option<&'static str> {
     match name {
-        "secret_header_name" => Some(HEADER_NAME_PATTERN),
+        "secret_header_name" | "fail_open_header" => Some(HEADER_NAME_PATTERN),
         "shared_secret" => Some(SECRET_PATTERN),
         _ => None,
     }
@@ -39,7 +39,8 @@ fn extra_pattern(name: &str) -> Option<&'static str> {
 fn lua_validator(f: &FieldSpec) -> Option<&'static str> {
     match (f.name, f.kind) {
         (_, FieldKind::String { url: true }) => Some("validate_url"),
-        ("secret_header_name", _) => Some("validate_header_name"),
+        (_, FieldKind::Rule(rule)) => Some(rule.lua_validator),
+        ("secret_header_name" | "fail_open_header", _) => Some("validate_header_name"),
         ("shared_secret", _) => Some("validate_secret"),
         _ => None,
     }
@@ -49,6 +50,7 @@ fn default_json(d: Default) -> Value {
     match d {
         Default::Integer(i) => json!(i),
         Default::Boolean(b) => json!(b),
+        Default::Text(t) => json!(t),
     }
 }
 
@@ -56,6 +58,7 @@ fn default_lua(d: Default) -> String {
     match d {
         Default::Integer(i) => i.to_string(),
         Default::Boolean(b) => b.to_string(),
+        Default::Text(t) => lua_str(t),
     }
 }
 
@@ -63,7 +66,7 @@ fn default_lua(d: Default) -> String {
 /// store an unset optional field as null, and `config::parse` treats null as absent.
 fn field_schema(f: &FieldSpec) -> Value {
     let base = match f.kind {
-        FieldKind::String { .. } => "string",
+        FieldKind::String { .. } | FieldKind::Rule(_) => "string",
         FieldKind::Integer { .. } => "integer",
         FieldKind::Boolean => "boolean",
     };
@@ -91,6 +94,10 @@ fn field_schema(f: &FieldSpec) -> Value {
             s.insert("maximum".into(), json!(max));
         }
         FieldKind::Boolean => {}
+        FieldKind::Rule(rule) => {
+            s.insert("minLength".into(), json!(1));
+            s.insert("pattern".into(), json!(rule.pattern));
+        }
     }
     if let Some(d) = f.default {
         s.insert("default".into(), default_json(d));
@@ -144,7 +151,7 @@ fn lua_str(s: &str) -> String {
 fn lua_field(f: &FieldSpec) -> String {
     let mut attrs: Vec<String> = Vec::new();
     match f.kind {
-        FieldKind::String { .. } => attrs.push("type = \"string\"".into()),
+        FieldKind::String { .. } | FieldKind::Rule(_) => attrs.push("type = \"string\"".into()),
         FieldKind::Integer { min, max } => {
             attrs.push("type = \"integer\"".into());
             attrs.push(format!("between = {{ {min}, {max} }}"));
@@ -280,6 +287,36 @@ end
 local function validate_header_name(value)
   if value:find("[^A-Za-z0-9!#$%%&'*+%-.^_`|~]") then
     return nil, "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+  end
+  return true
+end
+
+-- mode, as config::MODE_RULE.
+local function validate_mode(value)
+  if value ~= "enforce" and value ~= "shadow" then
+    return nil, "must be \"enforce\" or \"shadow\""
+  end
+  return true
+end
+
+-- on_<failure class>, as config::FAILURE_ACTION_RULE.
+local function validate_failure_action(value)
+  if value == "deny" or value == "allow" then
+    return true
+  end
+  local code = value:match("^deny:([45]%d%d)$")
+  if not code then
+    return nil, "must be \"deny\", \"deny:<status 400-599>\" or \"allow\", got \"" .. value .. "\""
+  end
+  return true
+end
+
+-- fail_open_methods, as config::METHODS_RULE.
+local function validate_methods(value)
+  for item in (value .. ","):gmatch("([^,]*),") do
+    if not item:match("^ *%u+ *$") then
+      return nil, "must be upper-case method names separated by commas, e.g. \"GET,HEAD,OPTIONS\""
+    end
   end
   return true
 end
