@@ -803,6 +803,31 @@ fn continue_after_dispatch_does_not_wait() {
     assert_eq!(resp.status, 200);
 }
 
+/// Seen on a real build: a request that went on without waiting and
+/// finished before its dispatch's reply leaves the call pending, and reading
+/// the reply then crashes the worker (the request's memory is freed).
+#[test]
+fn a_dispatch_outliving_its_request_crashes_the_worker_when_read() {
+    let (server, mut emu, chain) = kong_env();
+    let cmd = format!("dispatch:{}|/slow/300|1000;continue", server.target());
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert_eq!(resp.status, 200, "the request itself completes");
+    assert_eq!(emu.stats().host_faults, 0);
+    // The reply comes after the request has finished.
+    emu.deliver_next(Duration::from_secs(2));
+    assert_eq!(emu.stats().host_faults, 1);
+    assert!(emu.logs().iter().any(|l| l
+        .message
+        .contains("was read after its request had finished")));
+    // A reply that comes while the request is still in flight is harmless.
+    let (server, mut emu, chain) = kong_env();
+    let cmd = format!("dispatch:{}|/x|1000;continue", server.target());
+    let slow_upstream = get("/slow/300").header("x-probe-req-headers", &cmd);
+    let resp = emu.send(chain, slow_upstream);
+    assert_eq!(resp.status, 200);
+    assert_eq!(emu.stats().host_faults, 0);
+}
+
 #[test]
 fn resume_http_request_in_call_response_is_harmless() {
     let (server, mut emu, chain) = kong_env();

@@ -42,7 +42,7 @@
 //! chains) is kept in `state.rs`; this module holds what the host does.
 
 use super::api::{ClientResponse, HttpVersion, LogLevel};
-use super::state::{Buf, BufTag, Crash, HostCtx, Stage, Stream};
+use super::state::{Buf, BufTag, CallOwner, Crash, HostCtx, Stage, Stream};
 use std::sync::atomic::Ordering;
 
 /// The local response's body (`ngx_http_wasm_stash_local_response`).
@@ -155,6 +155,35 @@ pub(crate) fn take_connection_link(ctx: &mut HostCtx, call: &str) -> Result<(), 
              connection (#{conn}), left there by {what}"
         ),
     ))
+}
+
+/// A request finishes with dispatches still pending (its filter returned
+/// `Continue` after `dispatch_http_call`, so nothing waited for them; a
+/// local response would have cancelled them). Seen on a real build: the
+/// host does not cancel them, and reading the reply later crashes the
+/// worker (SIGSEGV in `ngx_wasm_read_http_response`, from
+/// `ngx_http_proxy_wasm_dispatch_resume_handler`, the request's memory
+/// freed). The calls are kept pending; [`orphaned_call_read`] crashes.
+pub(crate) fn orphan_calls(ctx: &mut HostCtx, sid: u64) {
+    for call in ctx.calls.values_mut() {
+        if call.result.is_none()
+            && matches!(call.owner, CallOwner::Http { stream, .. } if stream == sid)
+        {
+            call.orphaned = true;
+        }
+    }
+}
+
+/// The reply of an orphaned call is read: the worker crashes.
+pub(crate) fn orphaned_call_read(ctx: &mut HostCtx, token: u32) {
+    ctx.calls.remove(&token);
+    let _ = crash(
+        ctx,
+        &format!(
+            "the reply of dispatch {token} was read after its request had finished \
+             (ngx_wasm_read_http_response into the freed request)"
+        ),
+    );
 }
 
 /// The worker dies: logs it, counts it, and marks every request in flight

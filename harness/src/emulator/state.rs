@@ -400,6 +400,10 @@ pub(crate) struct Call {
     pub cancel: Arc<AtomicBool>,
     /// Set when the response (or failure) arrived.
     pub result: Option<CallResult>,
+    /// Its request finished while it was still pending (the filter returned
+    /// `Continue` after dispatching): the host keeps reading it into the
+    /// freed request (see `faults::orphaned_call_read`).
+    pub orphaned: bool,
 }
 
 /// Which context the guest is running for (host functions use it).

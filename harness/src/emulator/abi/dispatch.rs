@@ -259,6 +259,7 @@ fn dispatch_http_call(
                 owner,
                 cancel,
                 result: None,
+                orphaned: false,
             },
         );
         match owner {

@@ -177,11 +177,14 @@ impl Host {
         self.ctx_mut().calls.remove(&token);
     }
 
+    /// Cancels the request's calls (those `faults::orphan_calls` kept stay
+    /// pending).
     pub(super) fn cancel_calls(&mut self, sid: u64) {
         let tokens: Vec<u32> = self
             .ctx()
             .calls
             .iter()
+            .filter(|(_, c)| !c.orphaned)
             .filter(|(_, c)| matches!(c.owner, CallOwner::Http { stream, .. } if stream == sid))
             .map(|(t, _)| *t)
             .collect();

@@ -68,6 +68,7 @@ impl Host {
     /// The request pool is freed: `on_delete`, pending work cancelled.
     pub(super) fn done(&mut self, sid: u64) {
         let _ = self.pw_resume(sid, Phase::Done, Step::Done);
+        faults::orphan_calls(self.ctx_mut(), sid);
         self.cancel_calls(sid);
         faults::request_freed(self.ctx_mut(), sid);
         let Some(s) = self.stream_mut(sid) else {

@@ -136,11 +136,15 @@ impl Host {
     fn deliver_one(&mut self, completion: Completion) -> Option<u64> {
         match completion {
             Completion::Dispatch { token, result } => {
-                let owner = {
+                let (owner, orphaned) = {
                     let call = self.ctx_mut().calls.get_mut(&token)?;
                     call.result = Some(result);
-                    call.owner
+                    (call.owner, call.orphaned)
                 };
+                if orphaned {
+                    faults::orphaned_call_read(self.ctx_mut(), token);
+                    return None;
+                }
                 match owner {
                     CallOwner::Http { stream, exec } => {
                         self.dispatch_done(stream, exec, token);
