@@ -336,7 +336,7 @@ fn shadow_mode_changes_nothing_whatever_the_policy_answers() {
             .collect();
         assert_eq!(shadow.len(), 1, "{line}: {shadow:?}");
         assert!(
-            shadow[0].starts_with("shadow: call=request ") && shadow[0].contains(line),
+            shadow[0].starts_with("shadow: decision=") && shadow[0].contains(line),
             "{line}: {shadow:?}"
         );
         assert!(shadow[0].contains("latency_ms="));
@@ -351,9 +351,7 @@ fn shadow_mode_changes_nothing_whatever_the_policy_answers() {
     });
     let resp = env.send(request());
     assert_eq!(client_view(&resp, env.upstream.addr().port()), base_client);
-    assert!(env.log_contains(
-        "shadow: call=request decision=fail status=502 directives=- class=unreachable"
-    ));
+    assert!(env.log_contains("shadow: decision=fail status=502 directives=- class=unreachable"));
 }
 
 /// Shadow mode with the response hook: the real response is posted to
@@ -386,8 +384,17 @@ fn shadow_mode_with_the_hook_posts_the_real_response_and_keeps_it() {
         posted[0]["body"].as_str().unwrap().as_bytes(),
         resp.body.as_slice()
     );
-    assert!(env.log_contains("shadow: call=response decision=replace status=451"));
-    assert!(env.log_contains("shadow: call=request decision=allow status=- directives=headers"));
+    let shadow: Vec<String> = env
+        .logs()
+        .into_iter()
+        .filter(|l| l.starts_with("shadow:"))
+        .collect();
+    assert_eq!(shadow.len(), 1, "one line per request: {shadow:?}");
+    assert!(
+        shadow[0].contains("response_decision=replace response_status=451"),
+        "{shadow:?}"
+    );
+    assert!(env.log_contains("shadow: decision=allow status=- directives=headers"));
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub struct Exchange {
     config: Option<Rc<Config>>,
     backoff: Rc<RefCell<Backoff>>,
     stage: Stage,
+    /// Shadow mode: the request's `shadow:` line until it is complete.
+    shadow_note: Option<String>,
 }
 
 impl Exchange {
@@ -97,6 +99,7 @@ impl Exchange {
             config,
             backoff,
             stage: Stage::Start,
+            shadow_note: None,
         }
     }
 
@@ -319,7 +322,7 @@ impl Exchange {
                         }
                     }
                     Ok(outcome) if config.shadow => {
-                        verdict::shadow_decision(h, &outcome, asked);
+                        self.shadow_decided(h, verdict::decision_fields(&outcome), asked);
                         if self.let_through(h, &config, seen, sent, None) == Action::Continue {
                             h.resume_request();
                         }
@@ -338,7 +341,7 @@ impl Exchange {
                     .and_then(|members| response_hook::client_response(&members, &upstream));
                 match outcome {
                     Ok(reply) if config.shadow => {
-                        verdict::shadow_response(h, Some(&reply), None, asked);
+                        self.shadow_responded(h, Ok(&reply), asked);
                         self.send(h, upstream.unchanged());
                     }
                     Ok(reply) => self.send(h, reply),
@@ -466,7 +469,13 @@ impl Exchange {
     /// The failure policy applied: its log line, its back-off, its reply.
     fn fail(&mut self, h: &mut dyn Host, failure: Failure) {
         self.record(h, &failure);
-        self.send(h, failure.reply());
+        let reply = failure.reply();
+        // Shadow mode with the response hook: the upstream call failed.
+        self.shadow_flush(Some(format!(
+            "response_decision=- client_status={}",
+            reply.status
+        )));
+        self.send(h, reply);
     }
 
     /// Sends a local response, delivered exactly (see [`deliver`]).

@@ -2,8 +2,8 @@
 //!
 //! - **Shadow** (`mode: shadow`): the policy server is called as in enforce
 //!   mode, then the request goes on unchanged whatever it answered, and the
-//!   response reaches the client unchanged; one `shadow:` line per call says
-//!   what would have happened.
+//!   response reaches the client unchanged; one `shadow:` line per request
+//!   says what would have happened.
 //! - **Fail-open** (`on_<class>: allow`): a failure of that class, for a
 //!   request of the listed methods, lets the request go on unchanged (no
 //!   directive of a reply that failed validation is kept), marked for the
@@ -51,41 +51,26 @@ fn directive_kinds(d: &Directives) -> String {
     }
 }
 
-/// The shadow line of a `/sideband/request` reply.
-pub fn shadow_decision(h: &mut dyn Host, outcome: &RequestOutcome, asked: SystemTime) {
-    let ms = latency_ms(h, asked);
+/// The shadow line's fields for a `/sideband/request` reply.
+pub fn decision_fields(outcome: &RequestOutcome) -> String {
     match outcome {
-        RequestOutcome::Deny(reply) => log::info!(
-            "shadow: call=request decision=deny status={} directives=- class=- latency_ms={ms}",
-            reply.status
-        ),
-        RequestOutcome::Allow(d) => log::info!(
-            "shadow: call=request decision=allow status=- directives={} class=- latency_ms={ms}",
+        RequestOutcome::Deny(reply) => {
+            format!("decision=deny status={} directives=- class=-", reply.status)
+        }
+        RequestOutcome::Allow(d) => format!(
+            "decision=allow status=- directives={} class=-",
             directive_kinds(d)
         ),
     }
 }
 
-/// The shadow line of a `/sideband/response` reply or failure.
-pub fn shadow_response(
-    h: &mut dyn Host,
-    reply: Option<&Reply>,
-    failure: Option<&Failure>,
-    asked: SystemTime,
-) {
-    let ms = latency_ms(h, asked);
-    match (reply, failure) {
-        (Some(r), _) => log::info!(
-            "shadow: call=response decision=replace status={} directives=- class=- latency_ms={ms}",
-            r.status
-        ),
-        (None, Some(f)) => log::info!(
-            "shadow: call=response decision=fail status={} directives=- class={} latency_ms={ms}",
-            f.reply().status,
-            Class::of(f).map_or("-", Class::name)
-        ),
-        (None, None) => {}
-    }
+/// The shadow line's fields for a failure.
+fn failure_fields(failure: &Failure) -> String {
+    format!(
+        "decision=fail status={} directives=- class={}",
+        failure.reply().status,
+        Class::of(failure).map_or("-", Class::name)
+    )
 }
 
 impl Exchange {
@@ -94,13 +79,52 @@ impl Exchange {
     pub(super) fn shadow_pass(&mut self, failure: &Failure) -> Action {
         let (level, message) = failure.log();
         log::log!(level, "{message}");
-        log::info!(
-            "shadow: call=- decision=fail status={} directives=- class={} latency_ms=0",
-            failure.reply().status,
-            Class::of(failure).map_or("-", Class::name)
-        );
+        if self.shadow_note.is_none() {
+            self.shadow_note = Some(format!("{} latency_ms=0", failure_fields(failure)));
+        }
+        self.shadow_flush(None);
         self.stage = Stage::Forwarded;
         Action::Continue
+    }
+
+    /// Shadow mode: what the request call would have done, kept for the
+    /// request's one `shadow:` line.
+    pub(super) fn shadow_decided(&mut self, h: &mut dyn Host, fields: String, asked: SystemTime) {
+        let ms = latency_ms(h, asked);
+        self.shadow_note = Some(format!("{fields} latency_ms={ms}"));
+    }
+
+    /// Writes the request's one `shadow:` line, with what the response call
+    /// would have done when there was one.
+    pub(super) fn shadow_flush(&mut self, response: Option<String>) {
+        match (self.shadow_note.take(), response) {
+            (Some(note), Some(r)) => log::info!("shadow: {note} {r}"),
+            (Some(note), None) => log::info!("shadow: {note}"),
+            (None, _) => {}
+        }
+    }
+
+    /// Shadow mode: the `/sideband/response` reply (or its failure) ends
+    /// the request's `shadow:` line.
+    pub(super) fn shadow_responded(
+        &mut self,
+        h: &mut dyn Host,
+        reply: Result<&Reply, &Failure>,
+        asked: SystemTime,
+    ) {
+        let ms = latency_ms(h, asked);
+        let fields = match reply {
+            Ok(r) => format!(
+                "response_decision=replace response_status={} response_class=- response_latency_ms={ms}",
+                r.status
+            ),
+            Err(f) => format!(
+                "response_decision=fail response_status={} response_class={} response_latency_ms={ms}",
+                f.reply().status,
+                Class::of(f).map_or("-", Class::name)
+            ),
+        };
+        self.shadow_flush(Some(fields));
     }
 
     /// `/sideband/request` failed (or could not be made). Returns what the
@@ -117,12 +141,7 @@ impl Exchange {
     ) -> Action {
         if config.shadow {
             self.record(h, &failure);
-            let ms = latency_ms(h, asked);
-            log::info!(
-                "shadow: call=request decision=fail status={} directives=- class={} latency_ms={ms}",
-                failure.reply().status,
-                Class::of(&failure).map_or("-", Class::name)
-            );
+            self.shadow_decided(h, failure_fields(&failure), asked);
             return self.let_through(h, config, seen, sent, None);
         }
         match config
@@ -158,6 +177,10 @@ impl Exchange {
         marker: Option<Class>,
     ) -> Action {
         match self.proceed(h, config, seen, sent, Directives::default(), marker) {
+            Ok(Action::Continue) => {
+                self.shadow_flush(None);
+                Action::Continue
+            }
             Ok(action) => action,
             Err(f) if config.shadow => self.shadow_pass(&f),
             Err(f) => {
@@ -181,7 +204,7 @@ impl Exchange {
     ) {
         if config.shadow {
             self.record(h, &failure);
-            shadow_response(h, None, Some(&failure), asked);
+            self.shadow_responded(h, Err(&failure), asked);
             self.send(h, upstream.unchanged());
             return;
         }
