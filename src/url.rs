@@ -213,15 +213,9 @@ pub struct ReplyUrl {
 }
 
 pub fn parse_reply_url(url: &str) -> Option<ReplyUrl> {
-    let (scheme, rest) = url.split_once("://")?;
+    let (scheme, authority, tail) = split_scheme(url).ok()?;
     let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => "80",
-        "https" => "443",
-        _ => return None,
-    };
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
+    let default_port = if scheme == "https" { "443" } else { "80" };
     let (host, port) = if let Some(after) = authority.strip_prefix('[') {
         let (h, p) = after.split_once(']')?;
         (
@@ -237,10 +231,7 @@ pub fn parse_reply_url(url: &str) -> Option<ReplyUrl> {
     if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (path, query) = match tail.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (tail, ""),
-    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
     Some(ReplyUrl {
         scheme,
         host: host.to_ascii_lowercase(),

@@ -9,8 +9,8 @@ use crate::host::{Body, Dispatch, HeaderMap, Host};
 use crate::http::Header;
 use crate::protocol::decision::Directives;
 use crate::protocol::json;
-use crate::protocol::request::{self, Payload};
-use crate::protocol::response_hook::{self, Context, UpstreamResponse};
+use crate::protocol::request::Payload;
+use crate::protocol::response_hook::{self, UpstreamResponse};
 use crate::upstream::{self, Routing, Target};
 use std::time::Duration;
 
@@ -24,6 +24,17 @@ pub struct CallReply<'a> {
     pub dispatch_status: Option<&'a str>,
     pub map: &'a HeaderMap,
     pub body_size: usize,
+}
+
+impl CallReply<'_> {
+    /// The reply's body: empty when there is none, or when the host cannot
+    /// hand it over.
+    pub fn body(&self, h: &mut dyn Host) -> Vec<u8> {
+        match self.body_size {
+            0 => Vec::new(),
+            n => h.body(Body::CallResponse, n).unwrap_or_default(),
+        }
+    }
 }
 
 /// Sends the (changed) request to the upstream Kong routed to.
@@ -117,10 +128,7 @@ pub fn after_upstream(
             limit,
         });
     }
-    let body = match reply.body_size {
-        0 => Vec::new(),
-        n => h.body(Body::CallResponse, n).unwrap_or_default(),
-    };
+    let body = reply.body(h);
     let upstream = UpstreamResponse {
         status,
         headers: reply
@@ -132,18 +140,7 @@ pub fn after_upstream(
             .collect(),
         body,
     };
-    let r = &seen.request;
-    let method = d.method.as_deref().unwrap_or(&r.method);
-    let query = match &d.query {
-        Some(q) => request::normalize_query(q.as_bytes()),
-        None => request::normalize_query(&r.raw_query),
-    };
-    let url = request::url_bytes(&r.scheme, &r.host, &r.port, &r.path, &query);
-    let context = match &d.state {
-        Some(raw) => Context::State(raw.get()),
-        None => Context::Request(sent.text()),
-    };
-    let payload = response_hook::payload(method, &url, &upstream, &r.http_version, context)
+    let payload = response_hook::payload_for(&seen.request, d, &upstream, sent.text())
         .map_err(|what| Failure::Host { what })?;
     Ok((upstream, payload))
 }

@@ -103,6 +103,10 @@ impl Exchange {
         }
     }
 
+    fn shadow(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.shadow)
+    }
+
     fn debug_enabled(&self) -> bool {
         self.config.as_ref().is_some_and(|c| c.enable_debug_logging)
     }
@@ -158,7 +162,7 @@ impl Exchange {
                     None => Action::Pause,
                 }
             }
-            Stage::Forwarded if size > 0 && !self.config.as_ref().is_some_and(|c| c.shadow) => {
+            Stage::Forwarded if size > 0 && !self.shadow() => {
                 self.fail(
                     h,
                     Failure::Host {
@@ -188,7 +192,7 @@ impl Exchange {
             }
         };
         let asked = h.now();
-        match self.call_sideband(h, config, &config.request_endpoint, sent.text()) {
+        match self.call_sideband(h, config, &config.request_endpoint, sent.text(), asked) {
             Ok(token) => {
                 self.stage = Stage::Deciding {
                     token,
@@ -209,8 +213,9 @@ impl Exchange {
         config: &Config,
         endpoint: &Endpoint,
         payload: &str,
+        now: SystemTime,
     ) -> Result<u32, Failure> {
-        if let Some(secs) = self.backoff.borrow_mut().remaining(h.now()) {
+        if let Some(secs) = self.backoff.borrow_mut().remaining(now) {
             return Err(Failure::RateLimited {
                 retry_after_secs: secs,
                 from_provider: false,
@@ -287,7 +292,8 @@ impl Exchange {
                     Ok((upstream, payload)) => {
                         let asked = h.now();
                         let method = directives.method.clone().unwrap_or(seen.request.method);
-                        match self.call_sideband(h, &config, &config.response_endpoint, &payload) {
+                        let endpoint = &config.response_endpoint;
+                        match self.call_sideband(h, &config, endpoint, &payload, asked) {
                             Ok(token) => {
                                 self.stage = Stage::Responding {
                                     token,
@@ -361,10 +367,7 @@ impl Exchange {
         call: Call,
         reply: hook::CallReply<'_>,
     ) -> Result<Members, Failure> {
-        let body = match reply.body_size {
-            0 => Vec::new(),
-            n => h.body(Body::CallResponse, n).unwrap_or_default(),
-        };
+        let body = reply.body(h);
         if config.enable_debug_logging {
             let headers: Vec<(String, String)> = reply
                 .map
@@ -492,7 +495,7 @@ impl Exchange {
             | Stage::Deciding { .. }
             | Stage::Upstream { .. }
             | Stage::Responding { .. }
-                if self.config.as_ref().is_some_and(|c| c.shadow) =>
+                if self.shadow() =>
             {
                 self.shadow_pass(&Failure::UpstreamBeforeDecision);
             }
@@ -501,8 +504,7 @@ impl Exchange {
             | Stage::Upstream { .. }
             | Stage::Responding { .. } => {
                 let failure = Failure::UpstreamBeforeDecision;
-                let (level, message) = failure.log();
-                log::log!(level, "{message}");
+                failure.write_log();
                 self.stage =
                     Stage::Replied(Delivery::replace_upstream_response(h, &failure.reply()));
             }

@@ -42,10 +42,6 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
                 .count(),
         });
     }
-    let text = |h: &mut dyn Host, path: &[&str]| {
-        h.property(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
     let method = map.text(":method").unwrap_or_default();
     let mut all_headers: Vec<Header> = map
         .pairs
@@ -58,8 +54,9 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
     let client_markers = before - all_headers.len();
     let client_host = map.text("host").unwrap_or_default();
 
-    let client_target =
-        text(h, &["request", "path"]).unwrap_or_else(|| map.text(":path").unwrap_or_default());
+    let client_target = h
+        .property_text(&["request", "path"])
+        .unwrap_or_else(|| map.text(":path").unwrap_or_default());
     let (raw_path, target_query) = client_target
         .split_once('?')
         .unwrap_or((client_target.as_str(), ""));
@@ -67,23 +64,27 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
         .property(&["request", "query"])
         .unwrap_or_else(|| target_query.as_bytes().to_vec());
 
-    let scheme = text(h, &["kong", "request", "forwarded_scheme"])
-        .or_else(|| text(h, &["request", "scheme"]))
+    let scheme = h
+        .property_text(&["kong", "request", "forwarded_scheme"])
+        .or_else(|| h.property_text(&["request", "scheme"]))
         .or_else(|| map.text(":scheme"))
         .unwrap_or_else(|| "http".into())
         .to_ascii_lowercase();
     let authority = map.text(":authority").unwrap_or_default();
-    let host = text(h, &["kong", "request", "forwarded_host"])
-        .or_else(|| text(h, &["ngx", "host"]))
+    let host = h
+        .property_text(&["kong", "request", "forwarded_host"])
+        .or_else(|| h.property_text(&["ngx", "host"]))
         .unwrap_or_else(|| strip_port(&client_host).to_string())
         .to_ascii_lowercase();
-    let port = text(h, &["kong", "request", "forwarded_port"])
-        .or_else(|| text(h, &["ngx", "server_port"]))
+    let port = h
+        .property_text(&["kong", "request", "forwarded_port"])
+        .or_else(|| h.property_text(&["ngx", "server_port"]))
         .or_else(|| authority.rsplit_once(':').map(|(_, p)| p.to_string()))
         .unwrap_or_else(|| if scheme == "https" { "443" } else { "80" }.into());
 
     let (source_ip, source_port) = source(h);
-    let http_version = text(h, &["request", "protocol"])
+    let http_version = h
+        .property_text(&["request", "protocol"])
         .map(|p| request::http_version_label(&p))
         .unwrap_or_else(|| "1.1".into());
 
@@ -131,10 +132,7 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
 /// `ip:port` (Envoy); `source.port` may be text (nginx) or a little-endian
 /// integer (Envoy).
 fn source(h: &mut dyn Host) -> (String, String) {
-    let address = h
-        .property(&["source", "address"])
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let address = h.property_text(&["source", "address"]).unwrap_or_default();
     let (mut ip, mut port) = (address.clone(), String::new());
     if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
         ip = sa.ip().to_string();

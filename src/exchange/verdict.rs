@@ -77,8 +77,7 @@ impl Exchange {
     /// Shadow mode and a failure before any call (or the host proxying
     /// before a decision): logged, and the host goes on.
     pub(super) fn shadow_pass(&mut self, failure: &Failure) -> Action {
-        let (level, message) = failure.log();
-        log::log!(level, "{message}");
+        failure.write_log();
         if self.shadow_note.is_none() {
             self.shadow_note = Some(format!("{} latency_ms=0", failure_fields(failure)));
         }
@@ -139,8 +138,8 @@ impl Exchange {
         failure: Failure,
         asked: SystemTime,
     ) -> Action {
+        self.record(h, &failure);
         if config.shadow {
-            self.record(h, &failure);
             self.shadow_decided(h, failure_fields(&failure), asked);
             return self.let_through(h, config, seen, sent, None);
         }
@@ -149,12 +148,10 @@ impl Exchange {
             .verdict(&failure, &seen.request.method)
         {
             Verdict::Deny(reply) => {
-                self.record(h, &failure);
                 self.send(h, reply);
                 Action::Pause
             }
             Verdict::Allow(class) => {
-                self.record(h, &failure);
                 log::warn!(
                     "{}",
                     FailurePolicy::fail_open_line(class, &seen.request.method, &failure)
@@ -202,19 +199,15 @@ impl Exchange {
         failure: Failure,
         asked: SystemTime,
     ) {
+        self.record(h, &failure);
         if config.shadow {
-            self.record(h, &failure);
             self.shadow_responded(h, Err(&failure), asked);
             self.send(h, upstream.unchanged());
             return;
         }
         match config.failure_policy.verdict(&failure, method) {
-            Verdict::Deny(reply) => {
-                self.record(h, &failure);
-                self.send(h, reply);
-            }
+            Verdict::Deny(reply) => self.send(h, reply),
             Verdict::Allow(class) => {
-                self.record(h, &failure);
                 log::warn!(
                     "{} call=response",
                     FailurePolicy::fail_open_line(class, method, &failure)
@@ -226,8 +219,7 @@ impl Exchange {
 
     /// A failure's log line, and the back-off it starts.
     pub(super) fn record(&self, h: &mut dyn Host, failure: &Failure) {
-        let (level, message) = failure.log();
-        log::log!(level, "{message}");
+        failure.write_log();
         if let Some(secs) = failure.backoff_secs() {
             let now = h.now();
             self.backoff.borrow_mut().trip(now, secs);

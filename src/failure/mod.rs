@@ -141,6 +141,12 @@ impl Failure {
         }
     }
 
+    /// Writes [`Failure::log`]'s line.
+    pub fn write_log(&self) {
+        let (level, message) = self.log();
+        log::log!(level, "{message}");
+    }
+
     /// The log line (level and message). Never contains the shared secret.
     pub fn log(&self) -> (Level, String) {
         match self {

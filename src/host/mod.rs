@@ -117,6 +117,11 @@ pub trait Host {
     fn add_header(&mut self, map: Map, name: &str, value: &str);
     /// A property's bytes; `None` when the host has none or refuses.
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+    /// [`Host::property`] as text (lossy).
+    fn property_text(&mut self, path: &[&str]) -> Option<String> {
+        self.property(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
     /// False when the host refused.
     fn set_property(&mut self, path: &[&str], value: &[u8]) -> bool;
     /// Up to `size` bytes of a body buffer; `None` when the host cannot hand

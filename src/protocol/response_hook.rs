@@ -9,9 +9,10 @@
 
 use crate::failure::{Call, Failure};
 use crate::http::{Header, Reply};
+use crate::protocol::decision::Directives;
 use crate::protocol::json;
 use crate::protocol::reply::{self, member, Members};
-use crate::protocol::request::{Headers, Text, MAX_HEADERS};
+use crate::protocol::request::{self, ClientRequest, Headers, Text, MAX_HEADERS};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -123,6 +124,27 @@ pub fn payload(
         Context::Request(raw) => json::append_raw_member(&mut out, "request", raw),
     }
     String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// [`payload`] for a request the policy allowed with `d`: the method and
+/// query after its changes, and its `state`, else the request payload sent.
+pub fn payload_for(
+    req: &ClientRequest,
+    d: &Directives,
+    upstream: &UpstreamResponse,
+    request_payload: &str,
+) -> Result<String, String> {
+    let method = d.method.as_deref().unwrap_or(&req.method);
+    let query = match &d.query {
+        Some(q) => request::normalize_query(q.as_bytes()),
+        None => request::normalize_query(&req.raw_query),
+    };
+    let url = request::url_bytes(&req.scheme, &req.host, &req.port, &req.path, &query);
+    let context = match &d.state {
+        Some(raw) => Context::State(raw.get()),
+        None => Context::Request(request_payload),
+    };
+    payload(method, &url, upstream, &req.http_version, context)
 }
 
 /// The payload's members in the Lua plugin's order (then `state` or `request`).

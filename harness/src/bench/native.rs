@@ -11,7 +11,7 @@ use ping_auth::failure::Call;
 use ping_auth::http::Header;
 use ping_auth::protocol::decision::{self, CallResult, RequestOutcome};
 use ping_auth::protocol::request::{self, ClientRequest, MAX_HEADERS};
-use ping_auth::protocol::response_hook::{self, Context, UpstreamResponse};
+use ping_auth::protocol::response_hook::{self, UpstreamResponse};
 use std::time::{Duration, Instant, SystemTime};
 
 /// An upstream answer as the host hands it over: header lines as received,
@@ -184,18 +184,7 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
             .collect(),
         body: upstream_body.clone(),
     };
-    let method = directives.method.as_deref().unwrap_or(&req.method);
-    let query = match &directives.query {
-        Some(q) => request::normalize_query(q.as_bytes()),
-        None => request::normalize_query(&req.raw_query),
-    };
-    let url = request::url_bytes(&req.scheme, &req.host, &req.port, &req.path, &query);
-    let context = match &directives.state {
-        Some(raw) => Context::State(raw.get()),
-        None => Context::Request(sent.text()),
-    };
-    let response_payload =
-        response_hook::payload(method, &url, &upstream, &req.http_version, context)?;
+    let response_payload = response_hook::payload_for(&req, &directives, &upstream, sent.text())?;
     let members = decision::check_reply(
         Call::Response,
         &inputs.target,
