@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use ping_auth_harness::emulator::{ClientResponse, FilterEntry, HostOptions};
+use ping_auth_harness::emulator::ClientResponse;
 use ping_auth_harness::http::{Request, Response};
 use serde_json::{json, Value};
 
@@ -262,7 +262,7 @@ fn client_view(resp: &ClientResponse, upstream_port: u16) -> ClientView {
 /// The same request through Kong without the filter.
 fn without_filter(req: ping_auth_harness::emulator::ClientRequest) -> (Vec<Seen>, ClientView) {
     let up = upstream();
-    let mut emu = emulator_only();
+    let mut emu = bare_emulator();
     let chain = emu
         .add_chain(service(up.addr().port()), route(), vec![])
         .unwrap();
@@ -399,7 +399,7 @@ fn shadow_mode_with_the_hook_posts_the_real_response_and_keeps_it() {
 
 #[test]
 fn bad_policy_settings_are_refused_with_one_line_each() {
-    let mut emu = emulator_only();
+    let mut emu = bare_emulator();
     for (extra, field, reason) in [
         (
             json!({"mode": "dry-run"}),
@@ -427,18 +427,10 @@ fn bad_policy_settings_are_refused_with_one_line_each() {
             "valid HTTP header name",
         ),
     ] {
-        let cfg = config(1, extra);
-        let err = emu
-            .add_chain(
-                service(1),
-                route(),
-                vec![FilterEntry {
-                    name: "ping_auth".into(),
-                    config: cfg.to_string().into_bytes(),
-                }],
-            )
-            .expect_err("refused");
-        assert!(format!("{err:?}").contains(field), "{field}");
+        assert!(
+            refused_config(&mut emu, &config(1, extra)).contains(field),
+            "{field}"
+        );
         let lines: Vec<String> = emu
             .logs()
             .iter()
@@ -448,10 +440,6 @@ fn bad_policy_settings_are_refused_with_one_line_each() {
         assert_eq!(lines.len(), 1, "{field}: {lines:?}");
         assert!(lines[0].contains(reason), "{}", lines[0]);
     }
-}
-
-fn emulator_only() -> ping_auth_harness::emulator::Emulator {
-    ping_auth_harness::emulator::Emulator::new(&wasm(), HostOptions::default()).unwrap()
 }
 
 /// Shadow mode does not remove the policy server's latency: the request is

@@ -194,6 +194,27 @@ pub fn emulator(
     (emu, chain)
 }
 
+/// A fresh emulator (one worker) with no chain yet.
+pub fn bare_emulator() -> Emulator {
+    Emulator::new(&wasm(), HostOptions::default()).expect("emulator")
+}
+
+/// Adds a chain running the filter with `config`, which `on_configure` must
+/// refuse; the refusal's text.
+pub fn refused_config(emu: &mut Emulator, config: &Value) -> String {
+    let err = emu
+        .add_chain(
+            service(1),
+            route(),
+            vec![FilterEntry {
+                name: "ping_auth".into(),
+                config: config.to_string().into_bytes(),
+            }],
+        )
+        .expect_err("refused");
+    format!("{err:?}")
+}
+
 impl Env {
     /// Kong host, filter configured with `extra` merged into the base config.
     pub fn new(
