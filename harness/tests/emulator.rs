@@ -2782,3 +2782,81 @@ fn removing_connection_or_a_pseudo_header_crashes_the_worker() {
     }
     assert_eq!(emu.stats().host_faults, 4);
 }
+
+// ----------------------------------------------------- scripted network
+
+/// Answers every dispatch with `answer` and every upstream request with 201,
+/// recording the request lines it was asked.
+struct Scripted {
+    answer: CallAnswer,
+    asked: Mutex<Vec<String>>,
+}
+
+impl Network for Scripted {
+    fn call(&self, request: &Outgoing<'_>) -> CallAnswer {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("call {} {}", request.target, request.path()));
+        self.answer.clone()
+    }
+    fn upstream(&self, request: &Outgoing<'_>) -> UpstreamAnswer {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("upstream {} {}", request.target, request.path()));
+        UpstreamAnswer::Reply {
+            status: 201,
+            headers: vec![(b"X-Scripted".to_vec(), b"1".to_vec())],
+            body: b"scripted".to_vec(),
+        }
+    }
+}
+
+#[test]
+fn a_scripted_network_answers_dispatches_and_the_upstream_without_sockets() {
+    // Nothing listens on the service's port: every answer is the script's.
+    let (mut emu, chain) = setup(HostOptions::default(), &TestServer::start(), "");
+    let script = Arc::new(Scripted {
+        answer: CallAnswer::Reply {
+            status: 200,
+            headers: vec![(b"X-Multi".to_vec(), b"a".to_vec())],
+            body: b"{\"allow\":true}".to_vec(),
+        },
+        asked: Default::default(),
+    });
+    emu.set_network(Some(script.clone()));
+    let cmd = "dispatch:pdp.invalid:9|/json|1000;pause";
+    let resp = emu.send(chain, get_with_call_response(cmd, "dump-call"));
+    assert_eq!((resp.status, resp.body.as_slice()), (201, &b"scripted"[..]));
+    let dump = lines_with(&emu, "call-headers ")[0].clone();
+    assert!(
+        dump.starts_with("call-headers :status: 200 | :dispatch_status: ok"),
+        "{dump}"
+    );
+    let asked = script.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[0], "call pdp.invalid:9 /json");
+    assert!(asked[1].starts_with("upstream 127.0.0.1:") && asked[1].ends_with(" /a"));
+
+    // A failure the network cannot easily produce: a head, then a timeout in the body.
+    let script = Arc::new(Scripted {
+        answer: CallAnswer::TimedOutInBody {
+            status: 200,
+            headers: vec![],
+            received: 7,
+        },
+        asked: Default::default(),
+    });
+    emu.set_network(Some(script));
+    let resp = emu.send(chain, get_with_call_response(cmd, "dump-call"));
+    assert_eq!(resp.status, 201);
+    let call = lines_with(&emu, "step call-response")
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        call.contains("dispatch_status=Some(\"timeout\")") && call.contains("body=7"),
+        "{call}"
+    );
+}

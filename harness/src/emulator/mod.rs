@@ -48,6 +48,7 @@ mod lifecycle;
 mod maps;
 mod net;
 mod properties;
+mod script;
 mod state;
 mod vm;
 mod wasi;
@@ -56,7 +57,9 @@ pub use api::{
     BodyMode, ChainId, ClientRequest, ClientResponse, ConfigureError, FilterEntry, HostOptions,
     HostStats, HttpVersion, LogLevel, LogRecord, Route, Service, StreamId,
 };
+pub use script::{CallAnswer, CallFailure, Network, Outgoing, UpstreamAnswer};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The emulated worker. See the module documentation.
@@ -135,5 +138,11 @@ impl Emulator {
 
     pub fn reset_stats(&mut self) {
         self.host.reset_stats()
+    }
+
+    /// Answers every later dispatch and upstream request with `network`
+    /// instead of sockets (`None`: sockets again). See [`script`].
+    pub fn set_network(&mut self, network: Option<Arc<dyn Network>>) {
+        self.host.set_network(network)
     }
 }

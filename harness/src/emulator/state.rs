@@ -15,6 +15,7 @@ use super::api::{
 };
 use super::headers::HeaderList;
 use super::net::{self, CallResult, Completion};
+use super::script::Network;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -489,6 +490,8 @@ pub(crate) struct HostCtx {
     pub malloc: Option<Func>,
     /// Host faults (crashes of the worker) and what leads to them.
     pub faults: Faults,
+    /// Answers dispatches and upstream requests in process instead of sockets.
+    pub network: Option<Arc<dyn Network>>,
 }
 
 impl HostCtx {
@@ -526,6 +529,7 @@ impl HostCtx {
             memory: None,
             malloc: None,
             faults: Faults::default(),
+            network: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::emulator::api::LogLevel;
 use crate::emulator::headers::{escape_name, escape_value, unmarshal};
 use crate::emulator::net::{self, DispatchRequest};
 use crate::emulator::state::{Action, Call, CallOwner, Cur, HostCtx, Step};
-use crate::emulator::{faults, guest_mem};
+use crate::emulator::{faults, guest_mem, script};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -238,16 +238,32 @@ fn dispatch_http_call(
         let ctx = c.data_mut();
         ctx.stats.dispatches += 1;
         let io_started = Instant::now();
-        let spawned = net::spawn_dispatch(
-            ctx.tx.clone(),
-            token,
-            request,
-            ctx.tls.clone(),
-            cancel.clone(),
-        );
+        let spawned = match ctx.network.clone() {
+            // A scripted network answers now; the answer is delivered like a
+            // socket's, after this callback returns.
+            Some(network) => {
+                let outgoing = script::Outgoing {
+                    target: format!("{}:{}", request.host, request.port),
+                    head: &request.head,
+                    body: &request.body,
+                };
+                let result = script::call_result(network.call(&outgoing));
+                let _ = ctx.tx.send(net::Completion::Dispatch { token, result });
+                Ok(None)
+            }
+            None => net::spawn_dispatch(
+                ctx.tx.clone(),
+                token,
+                request,
+                ctx.tls.clone(),
+                cancel.clone(),
+            )
+            .map(Some),
+        };
         ctx.stats.io_start_time += io_started.elapsed();
         match spawned {
-            Ok(handle) => ctx.threads.push(handle),
+            Ok(Some(handle)) => ctx.threads.push(handle),
+            Ok(None) => {}
             Err(e) => {
                 let msg = format!("dispatch failed: could not start I/O thread: {e}");
                 return Err(trap(c, msg));

@@ -38,6 +38,7 @@ use crate::emulator::api::{
 };
 use crate::emulator::faults;
 use crate::emulator::net::{self, Completion};
+use crate::emulator::script::Network;
 use crate::emulator::state::{CallOwner, HostCtx, Stage, Stream};
 use crate::emulator::vm::Vm;
 use std::path::Path;
@@ -302,6 +303,10 @@ impl Host {
 
     pub fn take_logs(&mut self) -> Vec<LogRecord> {
         std::mem::take(&mut self.ctx_mut().logs)
+    }
+
+    pub fn set_network(&mut self, network: Option<Arc<dyn Network>>) {
+        self.ctx_mut().network = network;
     }
 
     pub fn stats(&self) -> HostStats {

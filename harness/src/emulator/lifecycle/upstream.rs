@@ -7,7 +7,7 @@ use crate::emulator::api::LogLevel;
 use crate::emulator::headers::HeaderList;
 use crate::emulator::net::{self, UpstreamRequest};
 use crate::emulator::state::{Chunk, Stage};
-use crate::emulator::{builtins, faults};
+use crate::emulator::{builtins, faults, script};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,6 +193,21 @@ impl Host {
         };
         let ctx = self.ctx_mut();
         ctx.stats.upstream_requests += 1;
+        if let Some(network) = ctx.network.clone() {
+            let target = format!("{}:{}", request.host, request.port);
+            let outgoing = script::Outgoing {
+                target: target.clone(),
+                head: &request.head,
+                body: &request.body,
+            };
+            let result = script::upstream_result(network.upstream(&outgoing), &target);
+            let _ = ctx.tx.send(net::Completion::Upstream {
+                stream: sid,
+                job,
+                result,
+            });
+            return;
+        }
         match net::spawn_upstream(ctx.tx.clone(), sid, job, request, ctx.tls.clone(), cancel) {
             Ok(handle) => ctx.threads.push(handle),
             Err(e) => {
