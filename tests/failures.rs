@@ -388,28 +388,80 @@ fn no_error_path_lets_a_request_through() {
 }
 
 #[test]
-fn announced_but_empty_body_gets_502_not_the_upstream_response() {
-    // Kong's host skips the body step for an empty body, so a request with
-    // `Transfer-Encoding: chunked` and no data reaches the upstream without a
-    // decision (host limitation, see README). The filter still keeps the
-    // upstream's answer from the client.
+fn an_empty_chunked_request_reaches_the_upstream_only_as_the_policy_allowed_it() {
+    // Kong's host runs no body step for an empty body: a request with
+    // `Transfer-Encoding: chunked` and no data is proxied as soon as the
+    // request headers step continues. So the filter decides such a request
+    // first as it would be without a body (docs/sideband-protocol.md).
+    let mut r = post("/x", b"");
+    r.body_mode = BodyMode::Chunked;
+
+    // Hook off: allowed, with the policy's header, and the upstream's answer passes.
+    let mut env = Env::new(
+        |req: &Request| {
+            let mut v = echo(req);
+            v["headers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"x-gate": "yes"}));
+            Response::json(200, &v)
+        },
+        json!({"enable_response_hook": false}),
+    );
+    let resp = env.send(r.clone());
+    assert_eq!(resp.status, 200, "{:?}", env.logs());
+    let calls = env.pdp.request_payloads();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["body"], "");
+    let up = env.upstream.requests();
+    assert_eq!(up.len(), 1);
+    assert_eq!(req_header(&up[0], "x-gate"), vec!["yes"]);
+
+    // Denied: the upstream is never reached, hook on or off.
     for hook in [false, true] {
-        let mut env = Env::new(allow_all, json!({"enable_response_hook": hook}));
-        env.upstream.set_behaviour(|_r| {
-            Some(
-                Response::new(200)
-                    .with_header("Set-Cookie", "s=1")
-                    .with_body("secret"),
-            )
-        });
-        let mut r = post("/x", b"");
-        r.body_mode = BodyMode::Chunked;
-        let resp = env.send(r);
-        assert_eq!(resp.status, 502, "hook {hook}");
-        assert!(resp.body.is_empty() && header(&resp, "set-cookie").is_none());
-        assert!(env.pdp.requests().is_empty());
-        assert!(env.log_contains("before a policy decision"));
+        let mut env = Env::new(
+            reply(
+                200,
+                r#"{"response":{"response_code":403,"headers":[],"body":"no"}}"#,
+            ),
+            json!({"enable_response_hook": hook}),
+        );
+        let resp = env.send(r.clone());
+        assert_closed(&env, &resp, 403);
+        assert_eq!(resp.body, b"no");
     }
+
+    // Hook on and allowed: the host fetched the response itself, which the
+    // policy cannot see: 502, the upstream's answer kept from the client.
+    let mut env = Env::new(allow_all, json!({"enable_response_hook": true}));
+    env.upstream.set_behaviour(|_r| {
+        Some(
+            Response::new(200)
+                .with_header("Set-Cookie", "s=1")
+                .with_body("secret"),
+        )
+    });
+    let resp = env.send(r.clone());
+    assert_eq!(resp.status, 502);
+    assert!(resp.body.is_empty() && header(&resp, "set-cookie").is_none());
+    assert_eq!(env.pdp.calls("/sideband/request").len(), 1);
+    assert!(env.pdp.calls("/sideband/response").is_empty());
+    assert!(env.log_contains("the response hook cannot run for this request"));
+
+    // A chunked request with a body is decided twice: without it, then with it.
+    let mut env = Env::new(allow_all, json!({"enable_response_hook": false}));
+    let mut r = post("/x", br#"{"a":1}"#);
+    r.body_mode = BodyMode::Chunked;
+    let resp = env.send(r);
+    assert_eq!(resp.status, 200);
+    let bodies: Vec<Value> = env
+        .pdp
+        .request_payloads()
+        .iter()
+        .map(|p| p["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!(""), json!(r#"{"a":1}"#)]);
+    assert_eq!(env.upstream.requests()[0].body, br#"{"a":1}"#);
 }
 
 #[test]

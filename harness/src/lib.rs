@@ -7,12 +7,15 @@
 //! - [`http`]: a small blocking HTTP/1.1 server and message codec (plain or TLS).
 //! - [`policy`]: a Sideband API policy server (rules from a JSON policy file).
 //! - [`upstream`]: an echo upstream that records what it receives.
+//! - [`fault_server`]: a scripted raw-TCP server that misbehaves on the wire
+//!   (stalls, resets, truncated or malformed replies) for fault tests.
 //! - [`certs`]: a throw-away test PKI.
 //! - [`wasm_build`]: builds the filter's `.wasm` once per test process.
 
 pub mod bench;
 pub mod certs;
 pub mod emulator;
+pub mod fault_server;
 pub mod gateway;
 pub mod http;
 pub mod policy;

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! request headers ──(no body)──────────────┐
-//!        └─(body expected)→ request body ──┤ POST /sideband/request
-//!                                          ▼
+//!        ├─(Content-Length)→ request body ─┤ POST /sideband/request
+//!        └─(chunked)→ gate: POST with an   │
+//!           empty body; allow → body step ─┘ (no body step: the host proxies
+//!                                          ▼  what the gate allowed)
 //!                     deny → local reply   allow ─┬─ hook off: apply directives, host proxies
 //!                                                 └─ hook on: call the upstream ourselves,
 //!                                                    POST /sideband/response, local reply
@@ -34,7 +36,7 @@ mod verdict;
 use crate::config::Config;
 use crate::debug;
 use crate::failure::backoff::Backoff;
-use crate::failure::policy::Class;
+use crate::failure::policy::{Class, FailurePolicy, Verdict};
 use crate::failure::{Call, Failure};
 use crate::host::{Action, Body, Dispatch, Host, Map};
 use crate::http::Reply;
@@ -45,7 +47,7 @@ use crate::protocol::response_hook::{self, UpstreamResponse};
 use crate::protocol::Endpoint;
 use crate::upstream::Target;
 use deliver::Delivery;
-use read::Seen;
+use read::{Announced, Seen};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -53,14 +55,19 @@ use std::time::{Duration, SystemTime};
 enum Stage {
     /// Nothing decided yet.
     Start,
-    /// The request has a body; waiting for the body step.
-    AwaitingBody(Box<Seen>),
-    /// `/sideband/request` in flight.
+    /// The request has a body; waiting for the body step. `gated`: the
+    /// request as it would be with an empty body is already allowed (and its
+    /// directives applied), because the host proxies it at once if the body
+    /// turns out empty (see [`Exchange::gate_decided`]).
+    AwaitingBody { seen: Box<Seen>, gated: bool },
+    /// `/sideband/request` in flight. `gate`: about the request as it would
+    /// be with an empty body, before its chunked body arrives.
     Deciding {
         token: u32,
         seen: Box<Seen>,
         sent: Payload,
         asked: SystemTime,
+        gate: bool,
     },
     /// The response hook's upstream call in flight.
     Upstream {
@@ -127,24 +134,35 @@ impl Exchange {
                 self.fail(h, f);
                 Action::Pause
             }
-            Ok((seen, true)) => {
-                self.stage = Stage::AwaitingBody(Box::new(seen));
+            Ok((seen, Announced::Length)) => {
+                self.stage = Stage::AwaitingBody {
+                    seen: Box::new(seen),
+                    gated: false,
+                };
                 Action::Continue
             }
-            Ok((mut seen, false)) => {
+            // A chunked body may be empty, and then the host runs no body
+            // step: it proxies the request as soon as this step continues. So
+            // the request is first decided as it would be without a body.
+            Ok((seen, Announced::Unsized)) if !config.shadow => {
+                let mut empty = seen;
+                empty.request.body = Some(Vec::new());
+                self.ask_policy(h, &config, empty, true)
+            }
+            Ok((mut seen, _)) => {
                 seen.request.body = Some(Vec::new());
-                self.ask_policy(h, &config, seen)
+                self.ask_policy(h, &config, seen, false)
             }
         }
     }
 
     pub fn on_request_body(&mut self, h: &mut dyn Host, size: usize, end: bool) -> Action {
         match std::mem::replace(&mut self.stage, Stage::Start) {
-            stage @ Stage::AwaitingBody(_) if !end => {
+            stage @ Stage::AwaitingBody { .. } if !end => {
                 self.stage = stage;
                 Action::Pause
             }
-            Stage::AwaitingBody(mut seen) => {
+            Stage::AwaitingBody { mut seen, .. } => {
                 let body = match size {
                     0 => Some(Vec::new()),
                     _ => h.body(Body::Request, size),
@@ -158,7 +176,7 @@ impl Exchange {
                 }
                 seen.request.body = body;
                 match self.config.clone() {
-                    Some(config) => self.ask_policy(h, &config, *seen),
+                    Some(config) => self.ask_policy(h, &config, *seen, false),
                     None => Action::Pause,
                 }
             }
@@ -183,7 +201,7 @@ impl Exchange {
     /// Posts the request's payload to `/sideband/request`. Returns what the
     /// request step answers the host (in a step, a request let through
     /// continues by the returned action, not by a resume).
-    fn ask_policy(&mut self, h: &mut dyn Host, config: &Config, seen: Seen) -> Action {
+    fn ask_policy(&mut self, h: &mut dyn Host, config: &Config, seen: Seen, gate: bool) -> Action {
         let sent = match seen.request.payload() {
             Ok(p) => p,
             Err(what) => {
@@ -199,7 +217,12 @@ impl Exchange {
                     seen: Box::new(seen),
                     sent,
                     asked,
+                    gate,
                 };
+                Action::Pause
+            }
+            Err(f) if gate => {
+                self.gate_decided(h, config, Box::new(seen), Err(f));
                 Action::Pause
             }
             Err(f) => self.refused_decision(h, config, Box::new(seen), sent, f, asked),
@@ -311,7 +334,11 @@ impl Exchange {
                 }
             }
             Stage::Deciding {
-                seen, sent, asked, ..
+                seen,
+                sent,
+                asked,
+                gate,
+                ..
             } => {
                 let outcome = self
                     .checked(h, &config, Call::Request, reply)
@@ -320,6 +347,9 @@ impl Exchange {
                         decision::interpret(&members, &seen.request, literal, self.debug_enabled())
                     });
                 match outcome {
+                    outcome if gate => {
+                        self.gate_decided(h, &config, seen, outcome);
+                    }
                     Err(f) => {
                         if self.refused_decision(h, &config, seen, sent, f, asked)
                             == Action::Continue
@@ -388,6 +418,57 @@ impl Exchange {
             body: &body,
         };
         decision::check_reply(call, &config.sideband_authority, result, h.now())
+    }
+
+    /// The decision about a chunked request as it would be without a body
+    /// (the gate). A deny, or a failure the failure policy denies, answers
+    /// now. An allow (or a failure let through) applies its directives and
+    /// lets the request go on: if a body comes, it is decided again with the
+    /// body; if none comes, the host proxies what was allowed.
+    fn gate_decided(
+        &mut self,
+        h: &mut dyn Host,
+        config: &Config,
+        mut seen: Box<Seen>,
+        outcome: Result<RequestOutcome, Failure>,
+    ) {
+        let marker = match outcome {
+            Ok(RequestOutcome::Deny(reply)) => return self.send(h, reply),
+            Ok(RequestOutcome::Allow(d)) => {
+                for w in &d.warnings {
+                    log::warn!("{w}");
+                }
+                if let Err(f) = forward::apply(h, &seen.request, &d) {
+                    return self.fail(h, f);
+                }
+                None
+            }
+            Err(failure) => {
+                self.record(h, &failure);
+                match config
+                    .failure_policy
+                    .verdict(&failure, &seen.request.method)
+                {
+                    Verdict::Deny(reply) => return self.send(h, reply),
+                    Verdict::Allow(class) => {
+                        log::warn!(
+                            "{}",
+                            FailurePolicy::fail_open_line(class, &seen.request.method, &failure)
+                        );
+                        Some(class)
+                    }
+                }
+            }
+        };
+        forward::mark(
+            h,
+            &config.failure_policy.marker_header,
+            seen.client_markers,
+            marker,
+        );
+        seen.request.body = None;
+        self.stage = Stage::AwaitingBody { seen, gated: true };
+        h.resume_request();
     }
 
     /// Acts on the policy's decision.
@@ -491,7 +572,21 @@ impl Exchange {
             Stage::Replied(delivery) => delivery.fix_headers(h),
             // Never saw the request: an earlier filter of the chain answered.
             Stage::Forwarded | Stage::Start => {}
-            Stage::AwaitingBody(_)
+            // A chunked request whose body was empty: the host proxied what
+            // the gate allowed. With the response hook the filter cannot run
+            // the hook on a response the host fetched itself.
+            Stage::AwaitingBody { gated: true, .. } => {
+                let enable_hook = self.config.as_ref().is_some_and(|c| c.enable_response_hook);
+                if enable_hook {
+                    let failure = Failure::ResponseHookSkipped;
+                    failure.write_log();
+                    self.stage =
+                        Stage::Replied(Delivery::replace_upstream_response(h, &failure.reply()));
+                } else {
+                    self.stage = Stage::Forwarded;
+                }
+            }
+            Stage::AwaitingBody { .. }
             | Stage::Deciding { .. }
             | Stage::Upstream { .. }
             | Stage::Responding { .. }
@@ -499,7 +594,7 @@ impl Exchange {
             {
                 self.shadow_pass(&Failure::UpstreamBeforeDecision);
             }
-            Stage::AwaitingBody(_)
+            Stage::AwaitingBody { .. }
             | Stage::Deciding { .. }
             | Stage::Upstream { .. }
             | Stage::Responding { .. } => {

@@ -11,7 +11,7 @@ use crate::protocol::request::{self, ClientRequest, MAX_HEADERS};
 use crate::url::strip_port;
 
 /// The client request as read, and what was sent about it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Seen {
     /// The request as sent to the policy provider.
     pub request: ClientRequest,
@@ -28,10 +28,22 @@ pub struct Seen {
     pub client_markers: usize,
 }
 
-/// The client request, and whether a body step follows (a non-zero
-/// `Content-Length`, or `Transfer-Encoding`). `marker`: the failure policy's
-/// marker header, which is the filter's to set, so a client's own is left out.
-pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Failure> {
+/// How the client announced its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// No body (no `Content-Length`, or 0).
+    None,
+    /// A non-zero `Content-Length`: the host runs the body step.
+    Length,
+    /// `Transfer-Encoding` without a length: the body may still be empty, and
+    /// the host runs no body step for an empty body.
+    Unsized,
+}
+
+/// The client request, and how its body was announced. `marker`: the failure
+/// policy's marker header, which is the filter's to set, so a client's own is
+/// left out.
+pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, Announced), Failure> {
     let map = h.header_map(Map::RequestHeaders);
     if request::header_map_may_be_truncated(map.declared.max(map.pairs.len())) {
         return Err(Failure::TooManyHeaders {
@@ -97,11 +109,17 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
         _ => None,
     };
 
-    let has_body = map
+    let by_length = map
         .text("content-length")
         .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
-        .unwrap_or(false)
-        || map.get("transfer-encoding").is_some();
+        .unwrap_or(false);
+    let announced = if by_length {
+        Announced::Length
+    } else if map.get("transfer-encoding").is_some() {
+        Announced::Unsized
+    } else {
+        Announced::None
+    };
 
     let request = ClientRequest {
         source_ip,
@@ -125,7 +143,7 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, bool), Fa
         client_markers,
         ..Seen::default()
     };
-    Ok((seen, has_body))
+    Ok((seen, announced))
 }
 
 /// Client address and port: `source.address` may be `ip` (nginx) or

@@ -381,6 +381,95 @@ fn a_request_body_is_read_in_the_body_step_and_sent() {
     assert!(!h.resumed());
 }
 
+fn chunked_post() -> MockHost {
+    MockHost::request(
+        "POST",
+        "/p",
+        &[("transfer-encoding", "chunked"), ("x-client", "1")],
+    )
+}
+
+#[test]
+fn a_chunked_request_is_first_decided_without_its_body_then_with_it() {
+    let (mut x, mut h) = (exchange(), chunked_post());
+    // The host would proxy at once if the body were empty: ask first.
+    assert_eq!(x.on_request_headers(&mut h), Action::Pause);
+    assert_eq!(posted(&h)["body"], "");
+    allow_with(&mut x, &mut h, |r| {
+        r["headers"] = json!([{"x-client": "1"}, {"x-gate": "yes"}])
+    });
+    assert!(h.resumed());
+    assert!(h.changes(Map::RequestHeaders).contains(&&Effect::AddHeader(
+        Map::RequestHeaders,
+        "x-gate".into(),
+        "yes".into()
+    )));
+    // The body comes: decided again, with it.
+    h.request_body = Some(b"data".to_vec());
+    assert_eq!(x.on_request_body(&mut h, 4, true), Action::Pause);
+    assert_eq!(h.dispatches().len(), 2);
+    assert_eq!(posted(&h)["body"], "data");
+    answer(
+        &mut x,
+        &mut h,
+        Some(200),
+        &[],
+        br#"{"response":{"response_code":403,"headers":[],"body":"no"}}"#,
+    );
+    assert_eq!(sent_status(&h), Some(403));
+}
+
+#[test]
+fn a_chunked_request_whose_empty_form_is_denied_is_denied_before_the_host_proxies_it() {
+    let (mut x, mut h) = (exchange(), chunked_post());
+    assert_eq!(x.on_request_headers(&mut h), Action::Pause);
+    answer(
+        &mut x,
+        &mut h,
+        Some(200),
+        &[],
+        br#"{"response":{"response_code":401,"headers":[]}}"#,
+    );
+    assert_eq!(sent_status(&h), Some(401));
+    assert!(!h.resumed());
+    // A failure of the gate call is denied like any other.
+    let (mut x, mut h) = (exchange(), chunked_post());
+    x.on_request_headers(&mut h);
+    answer(&mut x, &mut h, None, &[], b"");
+    assert_eq!(sent_status(&h), Some(502));
+    assert!(!h.resumed());
+}
+
+#[test]
+fn an_empty_chunked_request_goes_through_as_the_gate_allowed_it() {
+    // Hook off: the host proxies it (no body step comes) and the response passes.
+    let (mut x, mut h) = (exchange(), chunked_post());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    h.maps.insert(
+        Map::ResponseHeaders,
+        vec![(":status".into(), b"201".to_vec())],
+    );
+    assert_eq!(x.on_response_headers(&mut h), Action::Continue);
+    assert_eq!(h.sent(), None);
+    // Hook on: the policy cannot see a response the host fetched: 502.
+    capture_logs();
+    let (mut x, mut h) = (hooked(), chunked_post());
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    assert!(h.resumed());
+    assert_eq!(h.dispatches().len(), 1, "no upstream call before the body");
+    h.maps.insert(
+        Map::ResponseHeaders,
+        vec![(":status".into(), b"201".to_vec())],
+    );
+    x.on_response_headers(&mut h);
+    assert_eq!(sent_status(&h), Some(502));
+    assert!(logs()
+        .iter()
+        .any(|(_, l)| l.starts_with("the response hook cannot run for this request")));
+}
+
 #[test]
 fn a_body_after_an_allow_without_one_is_refused() {
     let (mut x, mut h) = (exchange(), get());
@@ -395,7 +484,7 @@ fn an_upstream_response_before_a_decision_becomes_a_502_on_a_closed_connection()
     capture_logs();
     let (mut x, mut h) = (
         exchange(),
-        MockHost::request("POST", "/p", &[("transfer-encoding", "chunked")]),
+        MockHost::request("POST", "/p", &[("content-length", "5")]),
     );
     x.on_request_headers(&mut h);
     h.maps.insert(

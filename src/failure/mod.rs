@@ -90,6 +90,10 @@ pub enum Failure {
     /// body step of a request that announced a body and sent none): the
     /// upstream's response is replaced with 502 and the connection closed.
     UpstreamBeforeDecision,
+    /// Response hook on: a chunked request whose body was empty was allowed,
+    /// and the host proxied it itself (no body step for an empty body), so
+    /// the policy cannot see the response: 502 instead of the unchecked one.
+    ResponseHookSkipped,
     /// The upstream's response body is larger than `max_response_body_bytes`.
     UpstreamTooLarge { size: usize, limit: usize },
     /// The request body did not fit the host's body buffer, so the response
@@ -216,6 +220,13 @@ impl Failure {
                 Level::Error,
                 "the upstream was called before a policy decision (request announced a body but \
                  sent none, so the host skipped the body step); answering 502"
+                    .into(),
+            ),
+            Failure::ResponseHookSkipped => (
+                Level::Error,
+                "the response hook cannot run for this request: its chunked body was empty, so \
+                 the host skipped the body step and proxied the allowed request itself, and the \
+                 policy provider cannot see a response the host fetched; answering 502"
                     .into(),
             ),
             Failure::UpstreamTooLarge { size, limit } => (

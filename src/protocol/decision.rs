@@ -61,8 +61,15 @@ pub fn check_reply(
     // Success replies are parsed once, into top-level members; the whole
     // reply becomes a `Value` only on the error paths.
     if status < 400 {
-        if let Ok(members) = serde_json::from_slice::<Members>(r.body) {
-            return Ok(members);
+        match reply::parse_members(r.body) {
+            Ok(members) => return Ok(members),
+            Err(e @ reply::MembersError::Duplicate(_)) => {
+                return Err(Failure::Malformed {
+                    call,
+                    what: e.to_string(),
+                })
+            }
+            Err(_) => {}
         }
     }
     let value: Value = match serde_json::from_slice(r.body) {
@@ -213,7 +220,7 @@ pub fn interpret(
     body_literal: Option<&str>,
     notes: bool,
 ) -> Result<RequestOutcome, Failure> {
-    match member(members, "response") {
+    match member(members, "response").map_err(malformed)? {
         None | Some(Value::Bool(false)) => {}
         Some(Value::Object(resp)) => return deny(&resp).map(RequestOutcome::Deny),
         Some(other) => {
@@ -248,7 +255,7 @@ fn allow(
     method_change(&mut d, members, sent, notes)?;
     url_change(&mut d, members, sent, notes)?;
     body_change(&mut d, members, sent, body_literal, notes)?;
-    warned_fields(&mut d, members, sent);
+    warned_fields(&mut d, members, sent)?;
     d.state = members
         .get("state")
         .filter(|raw| raw.get().trim() != "false")
@@ -265,7 +272,7 @@ fn header_changes(
 ) -> Result<(), Failure> {
     // Headers (docs/sideband-protocol.md#header-changes): change, remove by omission,
     // add; Accept-Encoding always removed.
-    let new_headers = match member(members, "headers") {
+    let new_headers = match member(members, "headers").map_err(malformed)? {
         Some(h) => reply::flatten_headers(&h).map_err(malformed)?,
         None => {
             return Err(malformed(
@@ -340,7 +347,7 @@ fn method_change(
     notes: bool,
 ) -> Result<(), Failure> {
     // Method (docs/sideband-protocol.md#method-change).
-    match member(members, "method") {
+    match member(members, "method").map_err(malformed)? {
         Some(Value::String(m)) if m == sent.method => {}
         Some(Value::String(m)) if METHODS.contains(&m.as_str()) => {
             if notes {
@@ -378,7 +385,7 @@ fn url_change(
     // URL (docs/sideband-protocol.md#url-change): host/port → Host header, path,
     // query; scheme only warned.
     let sent_url = json::text(&sent.url()).into_owned();
-    match member(members, "url") {
+    match member(members, "url").map_err(malformed)? {
         Some(Value::String(u)) if u == sent_url => {}
         Some(Value::String(u)) => {
             let new = parse_reply_url(&u)
@@ -442,7 +449,7 @@ fn body_change(
     let new_body = if echoed {
         None
     } else {
-        member(members, "body")
+        member(members, "body").map_err(malformed)?
     };
     match (new_body, sent_body) {
         _ if echoed => {}
@@ -473,7 +480,11 @@ fn body_change(
 }
 
 /// Fields that cannot be changed on this path: a warning each.
-fn warned_fields(d: &mut Directives, members: &Members, sent: &ClientRequest) {
+fn warned_fields(
+    d: &mut Directives,
+    members: &Members,
+    sent: &ClientRequest,
+) -> Result<(), Failure> {
     // Fields that cannot be changed: warn only
     // (docs/sideband-protocol.md#fields-only-warned-about).
     let as_text = |v: Option<Value>| match v {
@@ -482,11 +493,11 @@ fn warned_fields(d: &mut Directives, members: &Members, sent: &ClientRequest) {
         Some(other) => other.to_string(),
         None => "nil".into(),
     };
-    let ip = as_text(member(members, "source_ip"));
+    let ip = as_text(member(members, "source_ip").map_err(malformed)?);
     if ip != sent.source_ip {
         d.warnings.push(unsupported(&sent.source_ip, &ip));
     }
-    let port = as_text(member(members, "source_port"));
+    let port = as_text(member(members, "source_port").map_err(malformed)?);
     if port != sent.source_port {
         d.warnings.push(unsupported(&sent.source_port, &port));
     }
@@ -494,7 +505,7 @@ fn warned_fields(d: &mut Directives, members: &Members, sent: &ClientRequest) {
         .client_certificate
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
-    let new_cert = member(members, "client_certificate");
+    let new_cert = member(members, "client_certificate").map_err(malformed)?;
     if sent_cert != new_cert {
         d.warnings.push(unsupported(
             if sent_cert.is_some() {
@@ -509,6 +520,7 @@ fn warned_fields(d: &mut Directives, members: &Members, sent: &ClientRequest) {
             },
         ));
     }
+    Ok(())
 }
 
 fn unsupported(old: &str, new: &str) -> String {
@@ -666,6 +678,64 @@ mod tests {
         let mut v = echo();
         v.as_object_mut().unwrap().remove("headers");
         assert!(matches!(run(&v), Err(Failure::Malformed { .. })));
+    }
+
+    /// The members of `text` checked as a 200 reply to `/sideband/request`.
+    fn checked_200(text: &str) -> Result<RequestOutcome, Failure> {
+        let result = CallResult {
+            status: Some(200),
+            dispatch_status: Some("ok"),
+            retry_after: None,
+            body: text.as_bytes(),
+        };
+        let members = check_reply(Call::Request, "pdp:1", result, SystemTime::UNIX_EPOCH)?;
+        interpret(&members, &sent(), None, false)
+    }
+
+    #[test]
+    fn replies_the_filter_could_misread_fail_closed() {
+        // Found by the fault matrix: serde_json keeps the last of two members
+        // of one name, and a value it cannot read was taken as absent; both
+        // let a deny through as an allow.
+        let echo = echo().to_string();
+        let body = echo.strip_suffix('}').unwrap();
+        let deny = r#"{"response_code":403,"headers":[]}"#;
+        for (case, text) in [
+            (
+                "duplicate response",
+                format!(r#"{body},"response":{deny},"response":false}}"#),
+            ),
+            (
+                "duplicate headers",
+                format!(r#"{body},"headers":[{{"x-injected":"1"}}]}}"#),
+            ),
+            (
+                "a number a double cannot hold",
+                format!(r#"{body},"response":{{"response_code":1e400,"headers":[]}}}}"#),
+            ),
+            (
+                "nesting deeper than 128",
+                format!(
+                    r#"{body},"response":{}{deny}{}}}"#,
+                    "[".repeat(200),
+                    "]".repeat(200)
+                ),
+            ),
+        ] {
+            match checked_200(&text) {
+                Err(Failure::Malformed { what, .. }) => {
+                    assert!(!what.is_empty(), "{case}");
+                }
+                other => panic!("{case}: {other:?}"),
+            }
+        }
+        // A member the filter does not read may be anything JSON.
+        let deep = format!(
+            r#"{body},"extra":{}0{}}}"#,
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert!(matches!(checked_200(&deep), Ok(RequestOutcome::Allow(_))));
     }
 
     #[test]

@@ -10,22 +10,92 @@ use std::collections::BTreeMap;
 /// can be passed back byte for byte.
 pub type Members = BTreeMap<String, Box<RawValue>>;
 
-/// Parses a sideband reply body into its top-level members.
-pub fn parse_members(body: &[u8]) -> Result<Members, String> {
-    serde_json::from_slice(body).map_err(|e| {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-            "the reply is not a JSON object".to_string()
-        } else {
-            e.to_string()
-        }
-    })
+/// Why a reply body is not a set of members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersError {
+    /// Not JSON at all (serde's message).
+    NotJson(String),
+    /// JSON, but not an object.
+    NotObject,
+    /// A member name given twice. JSON parsers disagree on which one counts
+    /// (serde_json keeps the last, others the first), so a reply with
+    /// `"response"` twice could be read as a deny by one and an allow by
+    /// another: it is refused.
+    Duplicate(String),
 }
 
-/// A member parsed as a JSON value (`None` when absent).
-pub fn member(members: &Members, name: &str) -> Option<Value> {
-    members
-        .get(name)
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+impl std::fmt::Display for MembersError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersError::NotJson(e) => f.write_str(e),
+            MembersError::NotObject => f.write_str("the reply is not a JSON object"),
+            MembersError::Duplicate(name) => write!(f, "the reply has member '{name}' twice"),
+        }
+    }
+}
+
+/// The members of an object, refusing a name given twice.
+struct Unique(Members);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Unique, A::Error> {
+                let mut members = Members::new();
+                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    if members.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format_args!("{DUPLICATE}{name}")));
+                    }
+                    members.insert(name, value);
+                }
+                Ok(Unique(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Marks the error [`Unique`] raises, to tell it from serde's own.
+const DUPLICATE: &str = "\u{1}duplicate member: ";
+
+/// Parses a sideband reply body into its top-level members.
+pub fn parse_members(body: &[u8]) -> Result<Members, MembersError> {
+    match serde_json::from_slice::<Unique>(body) {
+        Ok(Unique(members)) => Ok(members),
+        Err(e) => {
+            let text = e.to_string();
+            if let Some(rest) = text.strip_prefix(DUPLICATE) {
+                // serde_json appends " at line L column C".
+                let name = rest.rsplit_once(" at line ").map_or(rest, |(n, _)| n);
+                return Err(MembersError::Duplicate(name.to_string()));
+            }
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+                Err(MembersError::NotObject)
+            } else {
+                Err(MembersError::NotJson(text))
+            }
+        }
+    }
+}
+
+/// A member parsed as a JSON value: `Ok(None)` when absent, an error when
+/// its value cannot be read (a number beyond what a double holds, nesting
+/// deeper than 128): such a member is never taken for an absent one.
+pub fn member(members: &Members, name: &str) -> Result<Option<Value>, String> {
+    match members.get(name) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|e| format!("'{name}' cannot be read: {e}")),
+    }
 }
 
 /// Flattens a policy `headers` array (`[{"Name":"v"},...]`) into lower-cased

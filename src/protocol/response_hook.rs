@@ -171,13 +171,17 @@ fn malformed(what: impl Into<String>) -> Failure {
 /// the policy's status, headers and body; upstream headers the policy did not
 /// list are dropped, except `date` and `vary`.
 pub fn client_response(members: &Members, upstream: &UpstreamResponse) -> Result<Reply, Failure> {
-    let status =
-        reply::status_code(member(members, "response_code").as_ref()).map_err(malformed)?;
-    let headers = match member(members, "headers") {
+    let status = reply::status_code(
+        member(members, "response_code")
+            .map_err(malformed)?
+            .as_ref(),
+    )
+    .map_err(malformed)?;
+    let headers = match member(members, "headers").map_err(malformed)? {
         Some(h) => reply::flatten_headers(&h).map_err(malformed)?,
         None => return Err(malformed("'headers' is missing")),
     };
-    let body = member(members, "body");
+    let body = member(members, "body").map_err(malformed)?;
     if matches!(body, Some(Value::Null)) {
         return Err(malformed("'body' is null"));
     }
