@@ -57,8 +57,21 @@ pub fn call_upstream(
         config.upstream_timeout_ms,
     )
     .map_err(|what| Failure::NoUpstream { what })?;
-    let (path, authority) = upstream::rewrite(&target.path, &target.authority, d);
+    let (mut path, authority) = upstream::rewrite(&target.path, &target.authority, d);
+    // The host traps the instance on a call without `:method` or `:path`
+    // (`ngx_http_proxy_wasm_dispatch_err`, in a hostcall): found by fuzzing.
+    // An empty path is `/` in an http URL (the policy's URLs already get
+    // one); a request without a method cannot be sent at all (nginx refuses
+    // one from a client, so only a host that passes it on gets here).
+    if path.is_empty() || path.starts_with('?') {
+        path.insert(0, '/');
+    }
     let method = d.method.as_deref().unwrap_or(&seen.request.method);
+    if method.is_empty() {
+        return Err(Failure::Host {
+            what: "the request has no method, so the response hook cannot send it upstream".into(),
+        });
+    }
     let body = match (&d.body, &seen.request.body) {
         (Some(b), _) | (None, Some(b)) => b,
         (None, None) => {

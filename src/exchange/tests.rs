@@ -471,6 +471,17 @@ fn an_empty_chunked_request_goes_through_as_the_gate_allowed_it() {
 }
 
 #[test]
+fn the_hook_never_asks_the_host_for_a_call_it_traps_on() {
+    // The host traps on a dispatch without `:method` (found by fuzzing the
+    // .wasm): a request without a method is refused instead.
+    let (mut x, mut h) = (hooked(), MockHost::request("", "/x", &[]));
+    x.on_request_headers(&mut h);
+    allow_with(&mut x, &mut h, |_| {});
+    assert_eq!(sent_status(&h), Some(500));
+    assert_eq!(h.dispatches().len(), 1, "no upstream call");
+}
+
+#[test]
 fn a_body_after_an_allow_without_one_is_refused() {
     let (mut x, mut h) = (exchange(), get());
     x.on_request_headers(&mut h);
