@@ -4,6 +4,8 @@
 #   make test         lint + all tests (+ docker-compose file check)
 #   make lint         rustfmt, clippy (native and wasm32), generated schemas up to date
 #   make bench        benchmarks
+#   make fuzz         coverage-guided fuzzing, FUZZ_SECONDS per target (or FUZZ_RUNS executions;
+#                     FUZZ_TARGETS to choose; FUZZ_MERGE=1 keeps new inputs in fuzz/corpus)
 #   make demo         Docker demo (Kong 3.9.3), in the background: waits until Kong is ready,
 #                     prints the walkthrough; make demo-down stops it
 #   make demo-local   the same demo without Docker (kong-emu)
@@ -18,7 +20,12 @@ TARGET  := wasm32-wasip1
 WASM    := target/$(TARGET)/release/ping_auth.wasm
 DEMO    := examples/docker-compose.yml
 
-.PHONY: build test lint bench demo demo-down demo-local clean
+FUZZ_SECONDS ?= 300
+FUZZ_RUNS    ?=
+FUZZ_TARGETS ?=
+FUZZ_MERGE   ?=
+
+.PHONY: build test lint bench fuzz fuzz-smoke demo demo-down demo-local clean
 
 build:
 	$(CARGO) build --release -p ping-auth --target $(TARGET)
@@ -39,6 +46,7 @@ build:
 test: lint
 	mkdir -p target
 	$(CARGO) test --workspace 2>&1 | tee target/test.log
+	$(MAKE) --no-print-directory fuzz-smoke 2>&1 | tee target/fuzz-smoke.log
 	@if command -v $(COMPOSE) >/dev/null 2>&1; then \
 		$(COMPOSE) -f $(DEMO) config -q && echo "$(DEMO): valid"; \
 	else \
@@ -51,6 +59,15 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p ping-auth --target $(TARGET) -- -D warnings
 	$(CARGO) run --quiet -p ping-auth-harness --bin gen-schema -- --check
+	cd fuzz && $(CARGO) fmt --check
+
+# Every fuzz target for a few seconds, after replaying its committed reproducers.
+fuzz-smoke:
+	scripts/fuzz.sh --seconds 5
+
+fuzz:
+	scripts/fuzz.sh $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),--seconds $(FUZZ_SECONDS)) \
+		$(if $(FUZZ_MERGE),--merge) $(FUZZ_TARGETS)
 
 bench:
 	$(CARGO) run --release -p ping-auth-harness --bin bench
@@ -69,4 +86,5 @@ demo-local: build
 
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts
 	rm -rf dist

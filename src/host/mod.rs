@@ -7,7 +7,8 @@
 //! Nothing here decides anything: the exchange (`crate::exchange`) calls these
 //! in the order each host step allows.
 
-#[cfg(test)]
+// The mock is also built for the fuzz targets (`fuzz/`, feature `mock`).
+#[cfg(any(test, feature = "mock"))]
 pub mod mock;
 
 use std::time::{Duration, SystemTime};
