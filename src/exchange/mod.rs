@@ -221,10 +221,7 @@ impl Exchange {
                 };
                 Action::Pause
             }
-            Err(f) if gate => {
-                self.gate_decided(h, config, Box::new(seen), Err(f));
-                Action::Pause
-            }
+            Err(f) if gate => self.gate_decided(h, config, Box::new(seen), Err(f)),
             Err(f) => self.refused_decision(h, config, Box::new(seen), sent, f, asked),
         }
     }
@@ -348,7 +345,9 @@ impl Exchange {
                     });
                 match outcome {
                     outcome if gate => {
-                        self.gate_decided(h, &config, seen, outcome);
+                        if self.gate_decided(h, &config, seen, outcome) == Action::Continue {
+                            h.resume_request();
+                        }
                     }
                     Err(f) => {
                         if self.refused_decision(h, &config, seen, sent, f, asked)
@@ -422,24 +421,29 @@ impl Exchange {
 
     /// The decision about a chunked request as it would be without a body
     /// (the gate). A deny, or a failure the failure policy denies, answers
-    /// now. An allow (or a failure let through) applies its directives and
-    /// lets the request go on: if a body comes, it is decided again with the
-    /// body; if none comes, the host proxies what was allowed.
+    /// now (`Pause`). An allow (or a failure let through) applies its
+    /// directives and lets the request go on (`Continue`: the caller resumes
+    /// it, or returns it from the step): if a body comes, it is decided again
+    /// with the body; if none comes, the host proxies what was allowed.
     fn gate_decided(
         &mut self,
         h: &mut dyn Host,
         config: &Config,
         mut seen: Box<Seen>,
         outcome: Result<RequestOutcome, Failure>,
-    ) {
+    ) -> Action {
         let marker = match outcome {
-            Ok(RequestOutcome::Deny(reply)) => return self.send(h, reply),
+            Ok(RequestOutcome::Deny(reply)) => {
+                self.send(h, reply);
+                return Action::Pause;
+            }
             Ok(RequestOutcome::Allow(d)) => {
                 for w in &d.warnings {
                     log::warn!("{w}");
                 }
                 if let Err(f) = forward::apply(h, &seen.request, &d) {
-                    return self.fail(h, f);
+                    self.fail(h, f);
+                    return Action::Pause;
                 }
                 None
             }
@@ -449,7 +453,10 @@ impl Exchange {
                     .failure_policy
                     .verdict(&failure, &seen.request.method)
                 {
-                    Verdict::Deny(reply) => return self.send(h, reply),
+                    Verdict::Deny(reply) => {
+                        self.send(h, reply);
+                        return Action::Pause;
+                    }
                     Verdict::Allow(class) => {
                         log::warn!(
                             "{}",
@@ -468,7 +475,7 @@ impl Exchange {
         );
         seen.request.body = None;
         self.stage = Stage::AwaitingBody { seen, gated: true };
-        h.resume_request();
+        Action::Continue
     }
 
     /// Acts on the policy's decision.

@@ -441,6 +441,26 @@ fn a_chunked_request_whose_empty_form_is_denied_is_denied_before_the_host_proxie
 }
 
 #[test]
+fn a_gate_call_the_host_refuses_follows_the_failure_policy_from_the_step() {
+    // Let through: the headers step itself continues (no resume inside a step).
+    let (mut x, _) = exchange_with(&format!(r#"{HOOK_OFF},"on_unreachable":"allow""#));
+    let mut h = MockHost::request("GET", "/p", &[("transfer-encoding", "chunked")]);
+    h.refuse_dispatch = Some("BadArgument".into());
+    assert_eq!(x.on_request_headers(&mut h), Action::Continue);
+    assert!(!h.resumed());
+    assert!(h.changes(Map::RequestHeaders).contains(&&Effect::AddHeader(
+        Map::RequestHeaders,
+        "x-ping-auth-fail-open".into(),
+        "unreachable".into()
+    )));
+    // Denied by default.
+    let (mut x, mut h) = (exchange(), chunked_post());
+    h.refuse_dispatch = Some("BadArgument".into());
+    assert_eq!(x.on_request_headers(&mut h), Action::Pause);
+    assert_eq!(sent_status(&h), Some(502));
+}
+
+#[test]
 fn an_empty_chunked_request_goes_through_as_the_gate_allowed_it() {
     // Hook off: the host proxies it (no body step comes) and the response passes.
     let (mut x, mut h) = (exchange(), chunked_post());
