@@ -101,6 +101,11 @@ pub struct Exchange {
     pub tls: bool,
     /// The answer; `None` while a [`MockSideband`] handler runs.
     pub reply: Option<RecordedReply>,
+    /// The rules that matched, in evaluation order (`default` for the
+    /// default deny), as in the decision log line; empty when the call was
+    /// rejected before the rules ran, or no rule matched, and for
+    /// [`MockSideband`] calls.
+    pub rules: Vec<String>,
 }
 
 impl Exchange {
@@ -115,6 +120,7 @@ impl Exchange {
             peer: request.peer,
             tls: request.tls,
             reply: None,
+            rules: Vec::new(),
         }
     }
 
@@ -148,6 +154,11 @@ impl Exchange {
     /// A top-level field of the JSON body.
     pub fn field(&self, name: &str) -> Option<&Value> {
         self.json.as_ref().and_then(|json| json.get(name))
+    }
+
+    /// Whether the rule named `rule` matched this call.
+    pub fn matched(&self, rule: &str) -> bool {
+        self.rules.iter().any(|r| r == rule)
     }
 }
 
@@ -232,8 +243,10 @@ impl PolicyServer {
             tls,
             Arc::new(move |request: Request| {
                 let mut exchange = Exchange::from_request(&request);
-                let response = answer(&handler_shared, &exchange);
+                let mut rules = Vec::new();
+                let response = answer(&handler_shared, &exchange, &mut rules);
                 exchange.reply = Some(record_reply(&response));
+                exchange.rules = rules;
                 lock(&handler_shared.exchanges).push(exchange);
                 response
             }),
@@ -256,12 +269,23 @@ impl PolicyServer {
         lock(&self.shared.exchanges).clone()
     }
 
-    /// The calls received for one endpoint.
+    /// The calls received for one endpoint (`.len()` counts them).
     pub fn received_for(&self, phase: Phase) -> Vec<Exchange> {
         self.received()
             .into_iter()
             .filter(|exchange| exchange.phase() == Some(phase))
             .collect()
+    }
+
+    /// How many calls the rule named `rule` matched, on either endpoint
+    /// (rule names are per list: a request rule and a response rule may
+    /// share one; filter [`PolicyServer::received_for`] with
+    /// [`Exchange::matched`] to tell them apart).
+    pub fn matched_count(&self, rule: &str) -> usize {
+        lock(&self.shared.exchanges)
+            .iter()
+            .filter(|exchange| exchange.matched(rule))
+            .count()
     }
 
     /// Forgets the recorded calls.
@@ -354,7 +378,8 @@ fn rate_limited(shared: &Shared, limit: &RateLimit) -> Option<Option<String>> {
     Some(header)
 }
 
-fn answer(shared: &Shared, exchange: &Exchange) -> Response {
+/// The reply to a call; the rules that matched it go to `matched`.
+fn answer(shared: &Shared, exchange: &Exchange, matched: &mut Vec<String>) -> Response {
     let policy = lock(&shared.policy).clone();
     let Some(phase) = exchange.phase() else {
         let message = format!("No Sideband API endpoint at {}", exchange.path);
@@ -430,7 +455,12 @@ fn answer(shared: &Shared, exchange: &Exchange) -> Response {
                 "[sideband] decision={} phase={phase_name} rule={rules} method={method} path={path} status={status}",
                 outcome.decision.as_str()
             ));
-            Response::json(200, &outcome.reply)
+            matched.clone_from(&outcome.rules);
+            let reply = Response::json(200, &outcome.reply);
+            match &outcome.cache_control {
+                Some(value) => reply.with_header("Cache-Control", value),
+                None => reply,
+            }
         }
         Err(message) => reject(shared, phase_name, 400, "bad-payload", &message),
     }

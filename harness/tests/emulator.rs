@@ -2860,3 +2860,385 @@ fn a_scripted_network_answers_dispatches_and_the_upstream_without_sockets() {
         "{call}"
     );
 }
+
+// ---------------------------------------------------------------- metrics
+
+/// A Kong host whose one chain entry is the probe filter named `filter`.
+fn metrics_env(opts: HostOptions, filter: &str) -> (TestServer, Emulator, ChainId) {
+    let server = TestServer::start();
+    let mut emu = Emulator::new(&probe(), opts).expect("loading the probe filter");
+    let chain = emu
+        .add_chain(
+            Service::new("svc", "http", "127.0.0.1", server.port()),
+            Route::new("rt", &["/"]),
+            vec![FilterEntry::new(filter, "")],
+        )
+        .expect("configuring");
+    (server, emu, chain)
+}
+
+fn metric_cmds(cmds: &str) -> ClientRequest {
+    get("/a").header("x-probe-req-headers", cmds)
+}
+
+#[test]
+fn metric_ids_are_the_crc32_of_the_prefixed_name_and_a_second_definition_keeps_the_first() {
+    let (_server, mut emu, chain) = kong_env();
+    let resp = emu.send(
+        chain,
+        metric_cmds("metric-define:counter|hits;metric-inc:hits|4;metric-define:gauge|hits"),
+    );
+    assert_eq!(resp.status, 200);
+    // crc32("pw:probe:hits"), not a sequence number.
+    assert!(
+        has_line(&emu, "metric define hits -> 0 id=2584366348"),
+        "{:?}",
+        filter_lines(&emu)
+    );
+    assert_eq!(
+        lines_with(&emu, "metric define hits -> 0 id=2584366348").len(),
+        2
+    );
+    let m = emu.metric("pw:probe:hits").expect("stored with its prefix");
+    assert_eq!(m.id, 2_584_366_348);
+    assert_eq!(
+        m.value,
+        MetricValue::Counter(4),
+        "the kind and value of the first definition stay"
+    );
+    assert_eq!(emu.metrics().len(), 1);
+}
+
+#[test]
+fn only_counters_increment_and_a_negative_offset_wraps_around() {
+    let (_server, mut emu, chain) = kong_env();
+    emu.send(
+        chain,
+        metric_cmds("metric-define:counter|c;metric-inc:c|5,-7;metric-get:c"),
+    );
+    assert!(
+        has_line(&emu, "metric get c -> 0 value=18446744073709551614"),
+        "{:?}",
+        filter_lines(&emu)
+    );
+    assert_eq!(
+        emu.metric("pw:probe:c").unwrap().value,
+        MetricValue::Counter(u64::MAX - 1)
+    );
+
+    let resp = emu.send(chain, metric_cmds("metric-define:gauge|g;metric-inc:g|1"));
+    assert!(resp.trapped);
+    assert_eq!(resp.status, 500);
+    let id = emu.metric("pw:probe:g").unwrap().id;
+    assert!(has_line(
+        &emu,
+        &format!("host trap (internal error): could not increment metric id \"{id}\": metric not a counter")
+    ));
+    let resp = emu.send(chain, metric_cmds("metric-inc:#12345|1"));
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        "host trap (internal error): could not increment metric id \"12345\": metric not found"
+    ));
+}
+
+#[test]
+fn gauges_take_the_recorded_value_counters_refuse_it_and_histograms_cannot_be_read() {
+    let (_server, mut emu, chain) = kong_env();
+    emu.send(
+        chain,
+        metric_cmds("metric-define:gauge|g;metric-record:g|-1;metric-get:g;metric-record:g|7"),
+    );
+    assert!(has_line(
+        &emu,
+        "metric get g -> 0 value=18446744073709551615"
+    ));
+    assert_eq!(
+        emu.metric("pw:probe:g").unwrap().value,
+        MetricValue::Gauge(7)
+    );
+
+    let resp = emu.send(
+        chain,
+        metric_cmds("metric-define:counter|c;metric-record:c|3"),
+    );
+    assert!(resp.trapped);
+    let id = emu.metric("pw:probe:c").unwrap().id;
+    assert!(has_line(
+        &emu,
+        &format!("host trap (internal error): could not record value in metric id \"{id}\": metric is a counter")
+    ));
+
+    let resp = emu.send(chain, metric_cmds("metric-define:histogram|h;metric-get:h"));
+    assert!(resp.trapped);
+    let id = emu.metric("pw:probe:h").unwrap().id;
+    assert!(has_line(
+        &emu,
+        &format!("host trap (internal error): could not retrieve metric id \"{id}\": metric is a histogram")
+    ));
+    let resp = emu.send(chain, metric_cmds("metric-get:#7"));
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        "host trap (internal error): could not retrieve metric id \"7\": metric not found"
+    ));
+    let resp = emu.send(chain, metric_cmds("metric-define:3|x"));
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        "host trap (internal error): could not define metric \"x\": unknown type \"3\""
+    ));
+}
+
+#[test]
+fn histograms_use_log2_bins_and_stop_at_18() {
+    let (_server, mut emu, chain) = kong_env();
+    let values: Vec<String> = (0..18).map(|k| (1u64 << k).to_string()).collect();
+    let cmds = format!(
+        "metric-define:histogram|h;metric-record:h|{}",
+        values.join(",")
+    );
+    for _ in 0..2 {
+        let resp = emu.send(chain, metric_cmds(&cmds));
+        assert_eq!(resp.status, 200);
+    }
+    // 1, 2, 4 .. 65536 and +Inf: 18 bins; 131072 finds no room and is
+    // counted in the next closest bin, +Inf.
+    let mut expected: Vec<(u32, u32)> = (0..17).map(|k| (1u32 << k, 2)).collect();
+    expected.push((u32::MAX, 2));
+    assert_eq!(
+        emu.metric("pw:probe:h").unwrap().value,
+        MetricValue::Histogram {
+            bins: expected,
+            sum: 2 * ((1 << 18) - 1)
+        }
+    );
+    assert_eq!(
+        lines_with_level(
+            &emu,
+            LogLevel::Info,
+            "cannot add a new histogram bin for value \"131072\", returning next closest bin"
+        ),
+        2
+    );
+
+    // A bin smaller than the first one goes after it, not before.
+    emu.send(
+        chain,
+        metric_cmds("metric-define:histogram|q;metric-record:q|10,1,3,0,40"),
+    );
+    assert_eq!(
+        emu.metric("pw:probe:q").unwrap().value,
+        MetricValue::Histogram {
+            bins: vec![(16, 1), (1, 2), (4, 1), (64, 1), (u32::MAX, 0)],
+            sum: 54
+        }
+    );
+    // Negative values are huge unsigned ones: +Inf; so is anything over 2^31 - 1
+    // once read (a worker's 2^31 bin is merged into +Inf).
+    emu.send(
+        chain,
+        metric_cmds("metric-define:histogram|n;metric-record:n|-1,2000000000"),
+    );
+    assert_eq!(
+        emu.metric("pw:probe:n").unwrap().value,
+        MetricValue::Histogram {
+            bins: vec![(u32::MAX, 2)],
+            sum: 2_000_000_000 - 1
+        }
+    );
+}
+
+fn lines_with_level(emu: &Emulator, level: LogLevel, needle: &str) -> usize {
+    emu.logs()
+        .iter()
+        .filter(|l| l.level == level && !l.from_filter && l.message.contains(needle))
+        .count()
+}
+
+#[test]
+fn a_full_metrics_zone_makes_definitions_trap() {
+    // The smallest zone: 3 pages give the slab 2; the key-value store's
+    // header takes one, 256-byte nodes fill the other with 16 counters.
+    let opts = HostOptions {
+        metrics_slab_size: 3 * 4096,
+        ..HostOptions::default()
+    };
+    let (_server, mut emu, chain) = metrics_env(opts, "probe");
+    let defines: Vec<String> = (10..27)
+        .map(|i| format!("metric-define:counter|m{i}"))
+        .collect();
+    let resp = emu.send(
+        chain,
+        metric_cmds(&format!("{};metric-inc:m10|3", defines.join(";"))),
+    );
+    assert!(resp.trapped);
+    assert_eq!(resp.status, 500);
+    assert_eq!(emu.metrics().len(), 16);
+    assert!(emu.metric("pw:probe:m26").is_none());
+    assert_eq!(
+        lines_with_level(
+            &emu,
+            LogLevel::Critical,
+            "\"metrics\" shm store: no memory; cannot allocate pair with key size 12 and value size 24"
+        ),
+        1
+    );
+    assert!(has_line(
+        &emu,
+        "host trap (internal error): could not define metric \"m26\": no memory (increase \"slab_size\" directive)"
+    ));
+    // What was defined stays, and works from the next instance on.
+    let resp = emu.send(
+        chain,
+        metric_cmds("metric-define:counter|m10;metric-inc:m10|3;metric-get:m10"),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(has_line(&emu, "metric get m10 -> 0 value=3"));
+
+    // A histogram needs one 64-byte chunk per worker before its node.
+    let opts = HostOptions {
+        metrics_slab_size: 3 * 4096,
+        worker_processes: 4,
+        ..HostOptions::default()
+    };
+    let (_server, mut emu, chain) = metrics_env(opts, "probe");
+    let resp = emu.send(chain, metric_cmds("metric-define:histogram|h"));
+    assert!(resp.trapped);
+    assert!(has_line(&emu, "could not define metric \"h\": no memory"));
+
+    // Zones the directive refuses.
+    for size in [2 * 4096, 5 * 4096 + 1] {
+        let opts = HostOptions {
+            metrics_slab_size: size,
+            ..HostOptions::default()
+        };
+        assert!(Emulator::new(&probe(), opts).is_err(), "slab_size {size}");
+    }
+}
+
+#[test]
+fn metrics_outlive_traps_and_prefixed_names_are_limited() {
+    let (_server, mut emu, chain) = kong_env();
+    emu.send(
+        chain,
+        metric_cmds("metric-define:counter|kept;metric-inc:kept|3"),
+    );
+    let resp = emu.send(chain, metric_cmds("trap"));
+    assert!(resp.trapped);
+    emu.send(
+        chain,
+        metric_cmds("metric-define:counter|kept;metric-get:kept"),
+    );
+    assert!(has_line(&emu, "metric get kept -> 0 value=3"));
+
+    // `pw:probe:` + name may be 256 bytes long.
+    let fits = "x".repeat(256 - "pw:probe:".len());
+    let resp = emu.send(chain, metric_cmds(&format!("metric-define:gauge|{fits}")));
+    assert_eq!(resp.status, 200);
+    let long = "y".repeat(256 - "pw:probe:".len() + 1);
+    let resp = emu.send(chain, metric_cmds(&format!("metric-define:gauge|{long}")));
+    assert!(resp.trapped);
+    assert!(has_line(
+        &emu,
+        &format!("host trap (internal error): could not define metric: name \"{long}\" too long")
+    ));
+}
+
+#[test]
+fn prometheus_export_follows_kongs_wasmx_lua() {
+    let (_server, mut emu, chain) = metrics_env(HostOptions::default(), "tests");
+    let mut cmds = vec![
+        "metric-define:counter|a_counter".to_string(),
+        "metric-inc:a_counter|2".to_string(),
+        "metric-define:gauge|a_gauge".to_string(),
+        "metric-record:a_gauge|1".to_string(),
+        "metric-define:histogram|a_histogram".to_string(),
+        "metric-record:a_histogram|1,3,1000".to_string(),
+    ];
+    for svc in ["mock", "mock2"] {
+        let c = format!("a_labeled_counter_s_id={svc}_r_id={svc}-route");
+        cmds.push(format!("metric-define:counter|{c}"));
+        cmds.push(format!("metric-inc:{c}|1"));
+        let h = format!("a_labeled_histogram_s_id={svc}_r_id={svc}-route");
+        cmds.push(format!("metric-define:histogram|{h}"));
+        cmds.push(format!("metric-record:{h}|2"));
+    }
+    let resp = emu.send(chain, metric_cmds(&cmds.join(";")));
+    assert_eq!(resp.status, 200);
+
+    let meta = r#"{"config_schema": {"type": "object"}, "metrics": {"label_patterns": [
+        {"label": "service", "pattern": "(_s_id=([0-9a-z%-]+))"},
+        {"label": "route", "pattern": "(_r_id=([0-9a-z%-]+))"}]}}"#;
+    let patterns = LabelPattern::from_meta_json(meta).unwrap();
+    assert_eq!(patterns.len(), 2);
+    let mut by_filter = std::collections::BTreeMap::new();
+    by_filter.insert("tests".to_string(), patterns);
+    let text = emu.prometheus_metrics(&by_filter).unwrap();
+
+    // Series of a family come in the zone's key order.
+    let order: Vec<String> = emu.metrics().into_iter().map(|m| m.name).collect();
+    let pos = |svc: &str, what: &str| {
+        order
+            .iter()
+            .position(|n| *n == format!("pw:tests:a_labeled_{what}_s_id={svc}_r_id={svc}-route"))
+            .unwrap()
+    };
+    let labels = |svc: &str| format!("service=\"{svc}\",route=\"{svc}-route\"");
+    let ordered = |what: &str| {
+        let mut svcs = ["mock", "mock2"];
+        svcs.sort_by_key(|s| pos(s, what));
+        svcs
+    };
+    let mut expected = String::new();
+    expected.push_str(
+        "# HELP pw_tests_a_counter\n# TYPE pw_tests_a_counter counter\npw_tests_a_counter 2\n",
+    );
+    expected
+        .push_str("# HELP pw_tests_a_gauge\n# TYPE pw_tests_a_gauge gauge\npw_tests_a_gauge 1\n");
+    expected.push_str(
+        "# HELP pw_tests_a_histogram\n# TYPE pw_tests_a_histogram histogram\n\
+         pw_tests_a_histogram{le=\"1\"} 1\npw_tests_a_histogram{le=\"4\"} 2\n\
+         pw_tests_a_histogram{le=\"1024\"} 3\npw_tests_a_histogram{le=\"+Inf\"} 3\n\
+         pw_tests_a_histogram_sum 1004\npw_tests_a_histogram_count 3\n",
+    );
+    expected
+        .push_str("# HELP pw_tests_a_labeled_counter\n# TYPE pw_tests_a_labeled_counter counter\n");
+    for svc in ordered("counter") {
+        expected.push_str(&format!(
+            "pw_tests_a_labeled_counter{{{}}} 1\n",
+            labels(svc)
+        ));
+    }
+    expected.push_str(
+        "# HELP pw_tests_a_labeled_histogram\n# TYPE pw_tests_a_labeled_histogram histogram\n",
+    );
+    let hs = ordered("histogram");
+    for svc in hs {
+        let l = labels(svc);
+        expected.push_str(&format!(
+            "pw_tests_a_labeled_histogram{{{l},le=\"2\"}} 1\npw_tests_a_labeled_histogram{{{l},le=\"+Inf\"}} 1\n"
+        ));
+    }
+    for svc in hs {
+        expected.push_str(&format!(
+            "pw_tests_a_labeled_histogram_sum{{{}}} 2\n",
+            labels(svc)
+        ));
+    }
+    for svc in hs {
+        expected.push_str(&format!(
+            "pw_tests_a_labeled_histogram_count{{{}}} 1\n",
+            labels(svc)
+        ));
+    }
+    expected.push('\n');
+    assert_eq!(text, expected);
+
+    // Without label patterns every name is its own family.
+    let plain = emu.prometheus_metrics(&Default::default()).unwrap();
+    assert!(plain.contains(
+        "# TYPE pw_tests_a_labeled_counter_s_id=mock_r_id=mock-route counter\n\
+         pw_tests_a_labeled_counter_s_id=mock_r_id=mock-route 1\n"
+    ));
+}

@@ -948,6 +948,183 @@ fn default_deny_and_explicit_allow() {
     assert!(server.log_lines()[1].contains("rule=default"));
 }
 
+const CACHING: &str = r#"{
+  "shared_secrets": ["s3cr3t"],
+  "cache_control": "max-age=60",
+  "request_rules": [
+    { "name": "tag", "match": { "path": "/api/*" },
+      "modify": { "add_headers": { "x-tag": "1" } }, "cache_control": "private, max-age=5" },
+    { "name": "deny-admin", "match": { "path": "/api/admin" },
+      "deny": { "status": 403 }, "cache_control": "no-store" },
+    { "name": "public", "match": { "path": "/api/public" }, "allow": true },
+    { "name": "open", "match": { "path": "/open" }, "allow": true, "cache_control": "no-cache" }
+  ],
+  "response_rules": [
+    { "name": "hide", "match": { "status": 200 },
+      "modify": { "remove_headers": ["x-powered-by"] }, "cache_control": "max-age=30" },
+    { "name": "teapot", "match": { "path": "/tea" },
+      "deny": { "status": 418 }, "cache_control": "no-store" }
+  ]
+}"#;
+
+/// Every `Cache-Control` line of a reply.
+fn cache_control(response: &ParsedResponse) -> Vec<String> {
+    response
+        .header_all("cache-control")
+        .into_iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn cache_control_comes_from_the_last_matching_rule_that_has_one_or_the_policy() {
+    let server = start(CACHING);
+    let cases = [
+        // tag, then the deny: the deny's value.
+        ("/api/admin", "no-store", Some("403")),
+        // tag, then an allow without a value: tag's.
+        ("/api/public", "private, max-age=5", None),
+        ("/api/x", "private, max-age=5", None),
+        ("/open", "no-cache", None),
+        // No rule: the policy's.
+        ("/elsewhere", "max-age=60", None),
+    ];
+    for (path, expected, denied) in cases {
+        let reply = sideband_request(&server, &simple_request("GET", path));
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(cache_control(&reply), [expected], "{path}");
+        let code = json_of(&reply)["response"]["response_code"]
+            .as_str()
+            .map(str::to_string);
+        assert_eq!(code.as_deref(), denied, "{path}");
+    }
+    let responses = [
+        ("/x", "200", "max-age=30", "200"),
+        ("/tea", "200", "no-store", "418"),
+        ("/x", "500", "max-age=60", "500"),
+    ];
+    for (path, code, expected, returned) in responses {
+        let payload = response_payload("GET", path, code, json!([{"x-powered-by": "e"}]), "{}");
+        let reply = sideband_response(&server, &payload);
+        assert_eq!(cache_control(&reply), [expected], "{path} {code}");
+        assert_eq!(json_of(&reply)["response_code"], returned, "{path} {code}");
+    }
+    // Rejections before the rules carry none.
+    let rejected = post_raw(
+        server.addr(),
+        "/sideband/request",
+        Some(("CLIENT-TOKEN", "wrong")),
+        b"{}",
+    );
+    assert_eq!(rejected.status, 401);
+    assert!(cache_control(&rejected).is_empty());
+    // Without a policy value, a reply no rule gives one has none.
+    let plain = start(
+        r#"{ "shared_secrets": ["s3cr3t"],
+             "request_rules": [ { "name": "r", "match": { "path": "/r" }, "allow": true, "cache_control": "max-age=1" } ] }"#,
+    );
+    assert!(cache_control(&sideband_request(&plain, &simple_request("GET", "/x"))).is_empty());
+    assert_eq!(
+        cache_control(&sideband_request(&plain, &simple_request("GET", "/r"))),
+        ["max-age=1"]
+    );
+    // The pure decision functions report it too.
+    let outcome = ping_auth_harness::policy::decide_request(
+        &policy(CACHING),
+        &ping_auth_harness::policy::RequestPayload::parse(&simple_request("GET", "/api/admin"))
+            .unwrap(),
+    );
+    assert_eq!(outcome.cache_control.as_deref(), Some("no-store"));
+}
+
+#[test]
+fn calls_are_counted_per_phase_and_per_rule() {
+    let server = start(CACHING);
+    for path in ["/api/admin", "/api/public", "/api/x", "/elsewhere"] {
+        sideband_request(&server, &simple_request("GET", path));
+    }
+    for path in ["/x", "/tea"] {
+        let payload = response_payload("GET", path, "200", json!([]), "");
+        sideband_response(&server, &payload);
+    }
+    post_raw(
+        server.addr(),
+        "/sideband/request",
+        Some(("CLIENT-TOKEN", "wrong")),
+        b"{}",
+    );
+    let requests = server.received_for(Phase::Request);
+    assert_eq!(requests.len(), 5);
+    assert_eq!(server.received_for(Phase::Response).len(), 2);
+    assert_eq!(requests[0].rules, ["tag", "deny-admin"]);
+    assert!(requests[0].matched("deny-admin") && !requests[1].matched("deny-admin"));
+    assert!(requests[3].rules.is_empty(), "no rule matched");
+    assert!(requests[4].rules.is_empty(), "rejected before the rules");
+    assert_eq!(server.matched_count("tag"), 3);
+    assert_eq!(server.matched_count("deny-admin"), 1);
+    assert_eq!(server.matched_count("hide"), 2);
+    assert_eq!(server.matched_count("teapot"), 1);
+    assert_eq!(server.matched_count("open"), 0);
+    let denied_responses = server
+        .received_for(Phase::Response)
+        .iter()
+        .filter(|e| e.matched("teapot"))
+        .count();
+    assert_eq!(denied_responses, 1);
+    // The default deny counts as the rule `default`.
+    let strict = start(r#"{ "shared_secrets": ["s3cr3t"], "default_request_decision": "deny" }"#);
+    sideband_request(&strict, &simple_request("GET", "/x"));
+    assert_eq!(strict.matched_count("default"), 1);
+    server.clear_received();
+    assert_eq!(server.matched_count("tag"), 0);
+}
+
+#[test]
+fn cache_control_values_are_validated() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"{ "shared_secrets": ["s"], "cache_control": "" }"#,
+            "cache_control",
+            "empty",
+        ),
+        (
+            r#"{ "shared_secrets": ["s"], "cache_control": "max-age=1\r\nX-Evil: 1" }"#,
+            "cache_control",
+            "line breaks",
+        ),
+        (
+            r#"{ "shared_secrets": ["s"], "request_rules": [ {"name": "c", "allow": true, "cache_control": "no-store\n"} ] }"#,
+            "request_rules[0] \"c\".cache_control",
+            "line breaks",
+        ),
+        (
+            r#"{ "shared_secrets": ["s"], "response_rules": [ {"name": "n", "allow": true, "cache_control": 5} ] }"#,
+            "response_rules[0] \"n\"",
+            "invalid type",
+        ),
+        (
+            r#"{ "shared_secrets": ["s"], "request_rules": [ {"name": "m", "match": {"cache_control": "x"}, "allow": true} ] }"#,
+            "request_rules[0] \"m\".match",
+            "unknown field `cache_control`",
+        ),
+    ];
+    for (text, location, message) in cases {
+        let error = Policy::from_json(text).expect_err(text);
+        assert!(
+            error.location.contains(location) && error.to_string().contains(message),
+            "for {text}\n got: {error}\n want location {location:?} and message {message:?}"
+        );
+    }
+    let mut bad = policy(BASIC);
+    bad.cache_control = Some("a\u{7}b".to_string());
+    assert!(PolicyServer::start(bad, LOCAL, None).is_err());
+    assert!(
+        policy(r#"{ "shared_secrets": ["s"], "cache_control": "public, max-age=300" }"#)
+            .cache_control
+            .is_some()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Policy server: response decisions and request context
 // ---------------------------------------------------------------------------

@@ -39,6 +39,15 @@
 //! - `read-body[:<start>|<max>]`: logs `req-body len=<n> data=<text>` or `req-body none`.
 //! - `read-resp-body`: logs `resp-body-data <text>`.
 //! - `set-req-body:<start>|<size>|<value>`, `set-resp-body:<start>|<size>|<value>`.
+//! - `metric-define:<kind>|<name>`: `proxy_define_metric` (kind `counter`,
+//!   `gauge`, `histogram` or a raw number); logs
+//!   `metric define <name> -> <status> id=<id>` and remembers the id.
+//! - `metric-inc:<name>|<n>[,<n>...]`, `metric-record:<name>|<n>[,<n>...]`
+//!   (signed 64-bit numbers): one `proxy_increment_metric` /
+//!   `proxy_record_metric` per number; `metric-get:<name>`:
+//!   `proxy_get_metric`. `<name>` is a name defined before in this
+//!   instance, or `#<id>`. They log `metric inc|record <name> -> <status>`
+//!   and `metric get <name> -> <status> value=<v>`.
 //! - `raw:<name>`: calls a raw host function (`done`, `reset`, `shared-set`,
 //!   `shared-get`, `metric`, `foreign`, `time`) and logs the result.
 //!   (`get_log_level` is left out on purpose: Kong declares
@@ -321,6 +330,10 @@ impl Probe {
                 }
             }
             "raw" => raw(arg),
+            "metric-define" => metric_define(arg),
+            "metric-inc" => metric_update(arg, false),
+            "metric-record" => metric_update(arg, true),
+            "metric-get" => metric_get(arg),
             other => log(&format!("unknown command {other}")),
         }
     }
@@ -380,6 +393,79 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
+    #[link_name = "proxy_define_metric"]
+    fn raw_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    #[link_name = "proxy_increment_metric"]
+    fn raw_increment_metric(metric_id: u32, offset: i64) -> u32;
+    #[link_name = "proxy_record_metric"]
+    fn raw_record_metric(metric_id: u32, value: u64) -> u32;
+    #[link_name = "proxy_get_metric"]
+    fn raw_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+}
+
+thread_local! {
+    /// Metric ids by name, as `metric-define` got them.
+    static METRIC_IDS: std::cell::RefCell<HashMap<String, u32>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn metric_id(name: &str) -> u32 {
+    if let Some(raw) = name.strip_prefix('#') {
+        return raw.parse().unwrap_or(0);
+    }
+    METRIC_IDS.with(|ids| ids.borrow().get(name).copied().unwrap_or(0))
+}
+
+fn metric_define(arg: &str) {
+    let (kind, name) = arg.split_once('|').unwrap_or(("counter", arg));
+    let kind: u32 = match kind {
+        "counter" => 0,
+        "gauge" => 1,
+        "histogram" => 2,
+        other => other
+            .parse::<i64>()
+            .map(|n| u32::from_ne_bytes((n as i32).to_ne_bytes()))
+            .unwrap_or(u32::MAX),
+    };
+    let mut id: u32 = 0;
+    // SAFETY: the name is a live slice and `id` a valid local.
+    let status = unsafe { raw_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    if status == 0 {
+        METRIC_IDS.with(|ids| ids.borrow_mut().insert(name.to_string(), id));
+    }
+    log(&format!("metric define {name} -> {status} id={id}"));
+}
+
+fn metric_update(arg: &str, record: bool) {
+    let (name, values) = arg.split_once('|').unwrap_or((arg, "1"));
+    let id = metric_id(name);
+    for n in values
+        .split(',')
+        .filter_map(|v| v.trim().parse::<i64>().ok())
+    {
+        // SAFETY: plain values.
+        let status = unsafe {
+            if record {
+                raw_record_metric(id, n as u64)
+            } else {
+                raw_increment_metric(id, n)
+            }
+        };
+        let verb = if record { "record" } else { "inc" };
+        log(&format!("metric {verb} {name} -> {status}"));
+    }
+}
+
+fn metric_get(name: &str) {
+    let mut value: u64 = 0;
+    // SAFETY: `value` is a valid local.
+    let status = unsafe { raw_get_metric(metric_id(name), &mut value) };
+    log(&format!("metric get {name} -> {status} value={value}"));
 }
 
 /// The raw status of reading the whole call response body, and its length.

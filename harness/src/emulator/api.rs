@@ -53,6 +53,18 @@ pub struct HostOptions {
     /// Kong's `trusted_ips`: clients whose `X-Forwarded-Proto/Host/Port`
     /// Kong believes (`kong.request.forwarded_*`). Empty by default, as in Kong.
     pub trusted_ips: Vec<std::net::IpAddr>,
+    /// `wasm { metrics { slab_size } }`: the size of the metrics shared
+    /// memory zone (5 MiB, the module's default; Kong does not change it).
+    /// At least 3 pages of 4096 bytes and a multiple of 4096, as the
+    /// directive requires. See `docs/emulator.md` (Metrics).
+    pub metrics_slab_size: usize,
+    /// `wasm { metrics { max_metric_name_length } }` (256; at least 6): the
+    /// longest prefixed name (`pw:<filter>:<name>`) a filter may define.
+    pub metrics_max_name_length: usize,
+    /// nginx `worker_processes`. The emulator is worker 0 of them; the
+    /// number only sizes the metrics memory (every metric keeps one value
+    /// slot per worker). Kong's default is `auto` (one per CPU); 1 here.
+    pub worker_processes: usize,
 }
 
 impl Default for HostOptions {
@@ -72,6 +84,9 @@ impl Default for HostOptions {
             guest_call_limit: Duration::from_secs(10),
             shm_kv: false,
             trusted_ips: Vec::new(),
+            metrics_slab_size: 5 * 1024 * 1024,
+            metrics_max_name_length: 256,
+            worker_processes: 1,
         }
     }
 }
@@ -392,6 +407,111 @@ impl HostStats {
     /// and after it (requests run one at a time).
     pub fn guest_time(&self) -> Duration {
         self.wasm_time.saturating_sub(self.io_start_time)
+    }
+}
+
+/// The kind of a proxy-wasm metric (`proxy_define_metric`'s type: 0, 1, 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl fmt::Display for MetricKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        })
+    }
+}
+
+/// A metric's value as the host reads it out of the metrics shared memory
+/// (`ngx_wa_metrics_get`: every worker's slot merged), which is what
+/// `proxy_get_metric` answers and what Kong's Prometheus plugin exports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricValue {
+    /// The sum of every worker's slot, modulo 2^64.
+    Counter(u64),
+    /// The value last recorded (as an unsigned 64-bit number: a negative
+    /// value comes out as its two's complement).
+    Gauge(u64),
+    /// Log2 bins as `(upper bound, count)` in the host's order, the last
+    /// one the `u32::MAX` ("+Inf") bin; `sum` is the sum of every value
+    /// recorded, modulo 2^64.
+    Histogram { bins: Vec<(u32, u32)>, sum: u64 },
+}
+
+/// One metric of the metrics shared memory
+/// ([`Emulator::metrics`](super::Emulator::metrics)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricReading {
+    /// The stored (prefixed) name: `pw:<filter>:<name>`.
+    pub name: String,
+    /// The id `proxy_define_metric` returns (the CRC-32 of `name`).
+    pub id: u32,
+    pub value: MetricValue,
+}
+
+impl MetricReading {
+    pub fn kind(&self) -> MetricKind {
+        match self.value {
+            MetricValue::Counter(_) => MetricKind::Counter,
+            MetricValue::Gauge(_) => MetricKind::Gauge,
+            MetricValue::Histogram { .. } => MetricKind::Histogram,
+        }
+    }
+
+    /// The value of a counter or a gauge (`None` for a histogram).
+    pub fn number(&self) -> Option<u64> {
+        match self.value {
+            MetricValue::Counter(v) | MetricValue::Gauge(v) => Some(v),
+            MetricValue::Histogram { .. } => None,
+        }
+    }
+}
+
+/// One entry of a filter's `meta.json` `metrics.label_patterns`: Kong's
+/// Prometheus plugin turns the part of a metric name matched by `pattern`
+/// (a PCRE with two groups: the whole label text, then the value) into
+/// the label `label`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelPattern {
+    pub label: String,
+    pub pattern: String,
+}
+
+impl LabelPattern {
+    pub fn new(label: &str, pattern: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            pattern: pattern.to_string(),
+        }
+    }
+
+    /// The `metrics.label_patterns` of a filter's `meta.json` (none when
+    /// the file has no `metrics`).
+    pub fn from_meta_json(meta_json: &str) -> anyhow::Result<Vec<LabelPattern>> {
+        let meta: serde_json::Value = serde_json::from_str(meta_json)?;
+        let Some(patterns) = meta.pointer("/metrics/label_patterns") else {
+            return Ok(Vec::new());
+        };
+        let list = patterns
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("metrics.label_patterns is not an array"))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let field = |name: &str| {
+                    p.get(name).and_then(|v| v.as_str()).ok_or_else(|| {
+                        anyhow::anyhow!("metrics.label_patterns[{i}].{name} is not a string")
+                    })
+                };
+                Ok(LabelPattern::new(field("label")?, field("pattern")?))
+            })
+            .collect()
     }
 }
 

@@ -29,6 +29,10 @@
 //! - [`faults`]: host faults (defects that crash the worker): body chains
 //!   and the connection pool, what is lost when the worker dies.
 //! - [`state`]: the data the host keeps per worker, root context and request.
+//! - [`metrics`]: the metrics shared memory (ids, kinds, log2 histograms,
+//!   the zone's slab memory, the key order).
+//! - `prometheus`: the metrics as Kong's Prometheus plugin writes them
+//!   (feature `prometheus`).
 //! - [`net`]: the blocking HTTP/1.1 client used for dispatches and upstreams,
 //!   and the completions it sends back.
 //! - [`kong`]: Kong's routing, proxying variables, headers and error pages.
@@ -46,7 +50,10 @@ mod headers;
 mod kong;
 mod lifecycle;
 mod maps;
+mod metrics;
 mod net;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod properties;
 mod script;
 mod state;
@@ -55,9 +62,14 @@ mod wasi;
 
 pub use api::{
     BodyMode, ChainId, ClientRequest, ClientResponse, ConfigureError, FilterEntry, HostOptions,
-    HostStats, HttpVersion, LogLevel, LogRecord, Route, Service, StreamId,
+    HostStats, HttpVersion, LabelPattern, LogLevel, LogRecord, MetricKind, MetricReading,
+    MetricValue, Route, Service, StreamId,
 };
+#[cfg(feature = "prometheus")]
+pub use prometheus::render as render_prometheus;
 pub use script::{CallAnswer, CallFailure, Network, Outgoing, UpstreamAnswer};
+#[cfg(feature = "prometheus")]
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,5 +156,31 @@ impl Emulator {
     /// instead of sockets (`None`: sockets again). See [`script`].
     pub fn set_network(&mut self, network: Option<Arc<dyn Network>>) {
         self.host.set_network(network)
+    }
+
+    /// Every metric of the metrics shared memory, as the host reads it
+    /// (kind, value, histogram bins and sum), in the host's key order (the
+    /// order Kong's Prometheus plugin lists them in). The metrics outlive
+    /// traps and crashes of the worker, as the host's shared memory does.
+    pub fn metrics(&self) -> Vec<MetricReading> {
+        self.host.metrics().readings()
+    }
+
+    /// The metric stored as `name`, the prefixed name
+    /// (`pw:<filter>:<name>`).
+    pub fn metric(&self, name: &str) -> Option<MetricReading> {
+        self.host.metrics().get(metrics::crc32(name.as_bytes()))
+    }
+
+    /// The metrics as Kong's Prometheus plugin exports them (see
+    /// [`render_prometheus`]); `label_patterns` maps a filter name to its
+    /// `meta.json` `metrics.label_patterns`
+    /// ([`LabelPattern::from_meta_json`]). Needs the `prometheus` feature.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus_metrics(
+        &self,
+        label_patterns: &BTreeMap<String, Vec<LabelPattern>>,
+    ) -> anyhow::Result<String> {
+        prometheus::render(&self.metrics(), label_patterns)
     }
 }

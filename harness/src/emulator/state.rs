@@ -14,6 +14,7 @@ use super::api::{
     ClientResponse, HostOptions, HostStats, HttpVersion, LogLevel, LogRecord, Route, Service,
 };
 use super::headers::HeaderList;
+use super::metrics::MetricsStore;
 use super::net::{self, CallResult, Completion};
 use super::script::Network;
 use std::collections::{BTreeMap, HashMap};
@@ -421,12 +422,6 @@ pub(crate) struct SharedValue {
     pub cas: u32,
 }
 
-/// A metric defined with `proxy_define_metric`.
-pub(crate) struct Metric {
-    pub kind: u32,
-    pub value: i64,
-}
-
 /// The worker crashed during the current operation.
 pub(crate) struct Crash {
     pub message: String,
@@ -478,7 +473,8 @@ pub(crate) struct HostCtx {
     pub tx: Sender<Completion>,
     pub threads: Vec<JoinHandle<()>>,
     pub shared: HashMap<Vec<u8>, SharedValue>,
-    pub metrics: Vec<(String, Metric)>,
+    /// The metrics shared memory zone (see `metrics.rs`).
+    pub metrics: MetricsStore,
     pub hostname: String,
     /// TLS settings for dispatches (built once).
     pub tls: Arc<net::TlsSettings>,
@@ -504,6 +500,7 @@ impl HostCtx {
         hostname: String,
         started: Instant,
     ) -> HostCtx {
+        let metrics = MetricsStore::new(&opts);
         HostCtx {
             opts,
             logs: Vec::new(),
@@ -521,7 +518,7 @@ impl HostCtx {
             tx,
             threads: Vec::new(),
             shared: HashMap::new(),
-            metrics: Vec::new(),
+            metrics,
             hostname,
             tls,
             chains: Vec::new(),

@@ -354,6 +354,9 @@ pub struct RequestRule {
     pub action: RequestAction,
     /// Stop after this rule even when it only modifies.
     pub stop: bool,
+    /// `Cache-Control` header of the sideband reply when this rule matches
+    /// (a later matching rule with its own value wins).
+    pub cache_control: Option<String>,
 }
 
 /// A rule of `response_rules`.
@@ -363,6 +366,8 @@ pub struct ResponseRule {
     pub matcher: ResponseMatch,
     pub action: ResponseAction,
     pub stop: bool,
+    /// As [`RequestRule::cache_control`].
+    pub cache_control: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -381,6 +386,9 @@ pub struct Policy {
     pub request_limit_bytes: Option<usize>,
     pub rate_limit: Option<RateLimit>,
     pub default_request_decision: DefaultDecision,
+    /// `Cache-Control` header of every decision reply no matching rule
+    /// gives one (none by default).
+    pub cache_control: Option<String>,
     pub request_rules: Vec<RequestRule>,
     pub response_rules: Vec<ResponseRule>,
 }
@@ -401,6 +409,8 @@ struct PolicyFile {
     rate_limit: Option<RateLimit>,
     #[serde(default)]
     default_request_decision: DefaultDecision,
+    #[serde(default)]
+    cache_control: Option<String>,
     #[serde(default)]
     request_rules: Vec<Value>,
     #[serde(default)]
@@ -428,6 +438,8 @@ struct RawRule {
     modify: Option<Value>,
     #[serde(default, rename = "final")]
     stop: bool,
+    #[serde(default)]
+    cache_control: Option<String>,
 }
 
 impl Policy {
@@ -440,6 +452,7 @@ impl Policy {
             request_limit_bytes: None,
             rate_limit: None,
             default_request_decision: DefaultDecision::Allow,
+            cache_control: None,
             request_rules: Vec::new(),
             response_rules: Vec::new(),
         }
@@ -492,6 +505,7 @@ impl Policy {
             request_limit_bytes: file.request_limit_bytes,
             rate_limit: file.rate_limit,
             default_request_decision: file.default_request_decision,
+            cache_control: file.cache_control,
             request_rules,
             response_rules,
         };
@@ -529,8 +543,13 @@ impl Policy {
                 ));
             }
         }
+        validate_cache_control("cache_control", self.cache_control.as_deref())?;
         for (index, rule) in self.request_rules.iter().enumerate() {
             let at = rule_location("request_rules", index, &rule.name);
+            validate_cache_control(
+                &format!("{at}.cache_control"),
+                rule.cache_control.as_deref(),
+            )?;
             validate_methods(&at, &rule.matcher.methods)?;
             validate_field_paths(
                 &at,
@@ -545,6 +564,10 @@ impl Policy {
         }
         for (index, rule) in self.response_rules.iter().enumerate() {
             let at = rule_location("response_rules", index, &rule.name);
+            validate_cache_control(
+                &format!("{at}.cache_control"),
+                rule.cache_control.as_deref(),
+            )?;
             validate_methods(&at, &rule.matcher.methods)?;
             validate_field_paths(
                 &at,
@@ -642,6 +665,7 @@ fn parse_request_rule(index: usize, raw: Value) -> Result<RequestRule, PolicyErr
         matcher,
         action,
         stop: rule.stop,
+        cache_control: rule.cache_control,
     })
 }
 
@@ -660,6 +684,7 @@ fn parse_response_rule(index: usize, raw: Value) -> Result<ResponseRule, PolicyE
         matcher,
         action,
         stop: rule.stop,
+        cache_control: rule.cache_control,
     })
 }
 
@@ -723,6 +748,27 @@ fn validate_header_values(
                 "header values cannot contain line breaks",
             ));
         }
+    }
+    Ok(())
+}
+
+/// A `Cache-Control` value: a non-empty header value (no line breaks or
+/// other control characters but tab).
+fn validate_cache_control(at: &str, value: Option<&str>) -> Result<(), PolicyError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    if value.trim().is_empty() {
+        return Err(PolicyError::new(
+            at,
+            "an empty Cache-Control value; leave \"cache_control\" out to send none",
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(PolicyError::new(
+            at,
+            "header values cannot contain line breaks or control characters",
+        ));
     }
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct Outcome {
     pub status: Option<u16>,
     /// The JSON reply body.
     pub reply: Value,
+    /// The `Cache-Control` header of the reply: the `cache_control` of the
+    /// last matching rule that has one, else the policy's, else none.
+    pub cache_control: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -482,6 +485,7 @@ pub fn decide_request(policy: &Policy, request: &RequestPayload) -> Outcome {
         body: request.body.clone(),
     };
     let mut rules = Vec::new();
+    let mut cache_control = policy.cache_control.clone();
     let mut modified = false;
     let mut decided = false;
     for rule in &policy.request_rules {
@@ -489,6 +493,9 @@ pub fn decide_request(policy: &Policy, request: &RequestPayload) -> Outcome {
             continue;
         }
         rules.push(rule.name.clone());
+        if let Some(value) = &rule.cache_control {
+            cache_control = Some(value.clone());
+        }
         match &rule.action {
             RequestAction::Allow => {
                 decided = true;
@@ -500,6 +507,7 @@ pub fn decide_request(policy: &Policy, request: &RequestPayload) -> Outcome {
                     rules,
                     status: Some(spec.status),
                     reply: json!({ "response": response_object(spec, subject.as_deref()) }),
+                    cache_control,
                 };
             }
             RequestAction::Modify(modify) => {
@@ -520,6 +528,7 @@ pub fn decide_request(policy: &Policy, request: &RequestPayload) -> Outcome {
             rules,
             status: Some(spec.status),
             reply: json!({ "response": response_object(&spec, subject.as_deref()) }),
+            cache_control,
         };
     }
     Outcome {
@@ -531,6 +540,7 @@ pub fn decide_request(policy: &Policy, request: &RequestPayload) -> Outcome {
         rules,
         status: None,
         reply: forward_reply(request, &forward),
+        cache_control,
     }
 }
 
@@ -688,12 +698,16 @@ pub fn decide_response(
         body: response.body.clone(),
     };
     let mut rules = Vec::new();
+    let mut cache_control = policy.cache_control.clone();
     let mut modified = false;
     for rule in &policy.response_rules {
         if !response_matches(&rule.matcher, response, context) {
             continue;
         }
         rules.push(rule.name.clone());
+        if let Some(value) = &rule.cache_control {
+            cache_control = Some(value.clone());
+        }
         match &rule.action {
             ResponseAction::Allow => break,
             ResponseAction::Deny(spec) => {
@@ -708,6 +722,7 @@ pub fn decide_response(
                     rules,
                     status: Some(spec.status),
                     reply,
+                    cache_control,
                 };
             }
             ResponseAction::Modify(modify) => {
@@ -728,5 +743,6 @@ pub fn decide_response(
         rules,
         status: Some(returned.status),
         reply: returned_reply(response, &returned),
+        cache_control,
     }
 }

@@ -73,6 +73,7 @@ fn machine_hostname() -> String {
 
 impl Host {
     pub fn new(wasm: &Path, opts: HostOptions) -> anyhow::Result<Self> {
+        crate::emulator::metrics::validate(&opts)?;
         let (tx, rx) = mpsc::channel();
         let tls = Arc::new(net::TlsSettings::new(
             opts.tls_verify_cert,
@@ -307,6 +308,10 @@ impl Host {
 
     pub fn set_network(&mut self, network: Option<Arc<dyn Network>>) {
         self.ctx_mut().network = network;
+    }
+
+    pub fn metrics(&self) -> &crate::emulator::metrics::MetricsStore {
+        &self.ctx().metrics
     }
 
     pub fn stats(&self) -> HostStats {
