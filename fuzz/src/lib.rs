@@ -241,7 +241,7 @@ impl Scripted {
     fn dispatch_status(&self) -> Option<&'static str> {
         match self.dispatch_status % 8 {
             0 => None,
-            1 | 2 | 3 => Some("ok"),
+            1..=3 => Some("ok"),
             4 => Some("timeout"),
             5 => Some("broken connection"),
             6 => Some("tls handshake failure"),

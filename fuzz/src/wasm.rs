@@ -254,7 +254,7 @@ pub fn run(story: &WasmStory) {
         *seen = Seen {
             answers: story.calls.iter().map(Answer::plan).collect(),
             upstream: Some(if story.upstream.fail {
-                UpstreamAnswer::Failed(if story.upstream.status % 2 == 0 {
+                UpstreamAnswer::Failed(if story.upstream.status.is_multiple_of(2) {
                     502
                 } else {
                     504
