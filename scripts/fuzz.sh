@@ -57,6 +57,12 @@ for t in "${targets[@]}"; do
     [ -n "$runs" ] && limit=(-runs="$runs")
     dict=()
     [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
+    # The project's own fixtures are seeds too (read, never written).
+    seeds=()
+    case "$t" in
+        config) seeds=(schema/fixtures/valid schema/fixtures/invalid) ;;
+        client_cert) seeds=(tests/fixtures/certs) ;;
+    esac
     log="target/fuzz-work/$t.log"
     # Every crash found so far, replayed first (each file once).
     if compgen -G "fuzz/regressions/$t/*" >/dev/null; then
@@ -69,7 +75,7 @@ for t in "${targets[@]}"; do
     fi
     echo "== $t: ${limit[*]}"
     set +e
-    "$bin_dir/$t" "$work" "fuzz/corpus/$t" "${limit[@]}" "${dict[@]}" \
+    "$bin_dir/$t" "$work" "fuzz/corpus/$t" "${seeds[@]}" "${limit[@]}" "${dict[@]}" \
         -artifact_prefix="fuzz/artifacts/$t/" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?

@@ -486,3 +486,34 @@ fn options_the_host_cannot_honour_are_accepted_and_logged_once() {
     assert_eq!(verify.len(), 1);
     assert!(!env.logs().join("\n").contains("s3cr3t"));
 }
+
+#[test]
+fn a_punycode_host_that_trips_an_idna_debug_assertion_configures_without_a_trap() {
+    // Found by the `url` fuzz target, which is built with debug assertions:
+    // idna 1.1.0 asserts (`debug_assert_ne!` in uts46.rs, `is_bidi`) on this
+    // label, a panic in such a build. The shipped `.wasm` has no debug
+    // assertions: the ASCII host is taken as written and nothing traps.
+    let host = "xn--1bcr-nnnnnnnnehkvan11nnnnnnnnn111nnnnnnnnnnnnn";
+    let mut emu = bare_emulator();
+    let config = json!({
+        "service_url": format!("http://{host}"),
+        "shared_secret": "s3cr3t",
+        "secret_header_name": "CLIENT-TOKEN",
+    });
+    let added = emu.add_chain(
+        service(1),
+        route(),
+        vec![FilterEntry {
+            name: "ping_auth".into(),
+            config: config.to_string().into_bytes(),
+        }],
+    );
+    assert!(added.is_ok(), "{added:?}");
+    assert_eq!(emu.stats().traps, 0);
+    let announced = emu.logs().iter().any(|l| {
+        l.message.starts_with(&format!(
+            "configured: sideband http://{host}:80/sideband/request"
+        ))
+    });
+    assert!(announced, "{:?}", emu.logs());
+}
