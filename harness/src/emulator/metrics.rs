@@ -289,11 +289,16 @@ struct Entry {
     counter: u64,
     gauge: u64,
     histogram: Option<Histogram>,
-    left: Option<usize>,
-    right: Option<usize>,
+    /// Children, indexed by [`LEFT`] and [`RIGHT`].
+    kids: [Option<usize>; 2],
     parent: Option<usize>,
     red: bool,
 }
+
+/// The sides of a tree node, as indices of [`Entry::kids`]; the other side
+/// of `side` is `1 - side`.
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
 
 /// Why a definition failed: the zone is full.
 #[derive(Debug, PartialEq, Eq)]
@@ -403,8 +408,7 @@ impl MetricsStore {
             counter: 0,
             gauge: 0,
             histogram,
-            left: None,
-            right: None,
+            kids: [None, None],
             parent: None,
             red: true,
         });
@@ -465,8 +469,8 @@ impl MetricsStore {
                 continue;
             };
             out.push(reading(e));
-            stack.extend(e.right);
-            stack.extend(e.left);
+            stack.extend(e.kids[RIGHT]);
+            stack.extend(e.kids[LEFT]);
         }
         out
     }
@@ -490,12 +494,16 @@ impl MetricsStore {
         self.entries.get(n).and_then(|e| e.parent)
     }
 
-    fn left(&self, n: usize) -> Option<usize> {
-        self.entries.get(n).and_then(|e| e.left)
+    fn kid(&self, n: usize, side: usize) -> Option<usize> {
+        self.entries
+            .get(n)
+            .and_then(|e| e.kids.get(side).copied().flatten())
     }
 
-    fn right(&self, n: usize) -> Option<usize> {
-        self.entries.get(n).and_then(|e| e.right)
+    fn set_kid(&mut self, n: usize, side: usize, kid: Option<usize>) {
+        if let Some(slot) = self.entries.get_mut(n).and_then(|e| e.kids.get_mut(side)) {
+            *slot = kid;
+        }
     }
 
     /// `ngx_rbtree_insert` (the tree's insert function compares the keys,
@@ -509,21 +517,11 @@ impl MetricsStore {
         };
         loop {
             let cur_key = self.entries.get(cur).map_or(0, |e| e.id);
-            let next = if key < cur_key {
-                self.left(cur)
-            } else {
-                self.right(cur)
-            };
-            match next {
+            let side = if key < cur_key { LEFT } else { RIGHT };
+            match self.kid(cur, side) {
                 Some(n) => cur = n,
                 None => {
-                    if let Some(e) = self.entries.get_mut(cur) {
-                        if key < cur_key {
-                            e.left = Some(node);
-                        } else {
-                            e.right = Some(node);
-                        }
-                    }
+                    self.set_kid(cur, side, Some(node));
                     if let Some(e) = self.entries.get_mut(node) {
                         e.parent = Some(cur);
                         e.red = true;
@@ -532,50 +530,36 @@ impl MetricsStore {
                 }
             }
         }
+        // The fix-up, one code for both mirror cases: `side` is the side
+        // of the grandparent the parent hangs on.
         let mut n = node;
         while Some(n) != self.root && self.is_red(self.parent(n)) {
             let Some(p) = self.parent(n) else { break };
             let Some(g) = self.parent(p) else { break };
-            if Some(p) == self.left(g) {
-                let uncle = self.right(g);
-                if self.is_red(uncle) {
-                    self.set_red(p, false);
-                    if let Some(u) = uncle {
-                        self.set_red(u, false);
-                    }
-                    self.set_red(g, true);
-                    n = g;
-                } else {
-                    if Some(n) == self.right(p) {
-                        n = p;
-                        self.rotate_left(n);
-                    }
-                    let Some(p) = self.parent(n) else { break };
-                    let Some(g) = self.parent(p) else { break };
-                    self.set_red(p, false);
-                    self.set_red(g, true);
-                    self.rotate_right(g);
-                }
+            let side = if Some(p) == self.kid(g, LEFT) {
+                LEFT
             } else {
-                let uncle = self.left(g);
-                if self.is_red(uncle) {
-                    self.set_red(p, false);
-                    if let Some(u) = uncle {
-                        self.set_red(u, false);
-                    }
-                    self.set_red(g, true);
-                    n = g;
-                } else {
-                    if Some(n) == self.left(p) {
-                        n = p;
-                        self.rotate_right(n);
-                    }
-                    let Some(p) = self.parent(n) else { break };
-                    let Some(g) = self.parent(p) else { break };
-                    self.set_red(p, false);
-                    self.set_red(g, true);
-                    self.rotate_left(g);
+                RIGHT
+            };
+            let other = 1 - side;
+            let uncle = self.kid(g, other);
+            if self.is_red(uncle) {
+                self.set_red(p, false);
+                if let Some(u) = uncle {
+                    self.set_red(u, false);
                 }
+                self.set_red(g, true);
+                n = g;
+            } else {
+                if Some(n) == self.kid(p, other) {
+                    n = p;
+                    self.rotate(n, side);
+                }
+                let Some(p) = self.parent(n) else { break };
+                let Some(g) = self.parent(p) else { break };
+                self.set_red(p, false);
+                self.set_red(g, true);
+                self.rotate(g, other);
             }
         }
         if let Some(r) = self.root {
@@ -588,13 +572,12 @@ impl MetricsStore {
         match parent {
             None => self.root = Some(new),
             Some(p) => {
-                if let Some(e) = self.entries.get_mut(p) {
-                    if e.left == Some(old) {
-                        e.left = Some(new);
-                    } else {
-                        e.right = Some(new);
-                    }
-                }
+                let side = if self.kid(p, LEFT) == Some(old) {
+                    LEFT
+                } else {
+                    RIGHT
+                };
+                self.set_kid(p, side, Some(new));
             }
         }
         if let Some(e) = self.entries.get_mut(new) {
@@ -602,39 +585,19 @@ impl MetricsStore {
         }
     }
 
-    fn rotate_left(&mut self, x: usize) {
-        let Some(y) = self.right(x) else { return };
-        let y_left = self.left(y);
-        if let Some(e) = self.entries.get_mut(x) {
-            e.right = y_left;
-        }
-        if let Some(t) = y_left.and_then(|t| self.entries.get_mut(t)) {
+    /// Rotates `x` down to `side` (`LEFT`: nginx's `ngx_rbtree_left_rotate`):
+    /// its child on the other side takes its place.
+    fn rotate(&mut self, x: usize, side: usize) {
+        let other = 1 - side;
+        let Some(y) = self.kid(x, other) else { return };
+        let inner = self.kid(y, side);
+        self.set_kid(x, other, inner);
+        if let Some(t) = inner.and_then(|t| self.entries.get_mut(t)) {
             t.parent = Some(x);
         }
         let parent = self.parent(x);
         self.replace_child(parent, x, y);
-        if let Some(e) = self.entries.get_mut(y) {
-            e.left = Some(x);
-        }
-        if let Some(e) = self.entries.get_mut(x) {
-            e.parent = Some(y);
-        }
-    }
-
-    fn rotate_right(&mut self, x: usize) {
-        let Some(y) = self.left(x) else { return };
-        let y_right = self.right(y);
-        if let Some(e) = self.entries.get_mut(x) {
-            e.left = y_right;
-        }
-        if let Some(t) = y_right.and_then(|t| self.entries.get_mut(t)) {
-            t.parent = Some(x);
-        }
-        let parent = self.parent(x);
-        self.replace_child(parent, x, y);
-        if let Some(e) = self.entries.get_mut(y) {
-            e.right = Some(x);
-        }
+        self.set_kid(y, side, Some(x));
         if let Some(e) = self.entries.get_mut(x) {
             e.parent = Some(y);
         }
@@ -794,12 +757,10 @@ mod tests {
         assert_eq!(bins(&s, id), [(BIN_INF, 2)]);
     }
 
-    #[test]
-    fn tree_preorder_is_nginx_rbtree() {
-        // Ascending keys 1..=7 inserted in order give the CLRS tree with
-        // root 2 (black), 1 and 4 (4 red with 3 and 6, 6 with 5 and 7).
+    /// The pre-order of the ids after inserting them in this order.
+    fn preorder_after_inserting(ids: impl Iterator<Item = u32>) -> Vec<u32> {
         let mut s = store(5 * 1024 * 1024, 1);
-        for k in 1..=7u32 {
+        for k in ids {
             let idx = s.entries.len();
             s.entries.push(Entry {
                 name: k.to_string().into_bytes(),
@@ -808,16 +769,29 @@ mod tests {
                 counter: 0,
                 gauge: 0,
                 histogram: None,
-                left: None,
-                right: None,
+                kids: [None, None],
                 parent: None,
                 red: true,
             });
             s.by_id.insert(k, idx);
             s.tree_insert(idx);
         }
-        let order: Vec<u32> = s.readings().iter().map(|r| r.id).collect();
+        s.readings().iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn tree_preorder_is_nginx_rbtree() {
+        // Ascending keys 1..=7 inserted in order give the CLRS tree with
+        // root 2 (black), 1 and 4 (4 red with 3 and 6, 6 with 5 and 7).
+        let order = preorder_after_inserting(1..=7);
         assert_eq!(order, [2, 1, 4, 3, 6, 5, 7]);
+    }
+
+    #[test]
+    fn tree_preorder_mirrors_for_descending_ids() {
+        // The mirror cases of the fix-up: the same tree, mirrored.
+        let order = preorder_after_inserting((1..=7).rev());
+        assert_eq!(order, [6, 4, 2, 1, 3, 5, 7]);
     }
 
     #[test]
