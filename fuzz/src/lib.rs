@@ -289,10 +289,26 @@ impl Scripted {
     /// reads it). Judged with serde_json's own parser, independently of the
     /// filter's reading.
     fn may_allow(&self, body: &[u8], size: usize) -> bool {
+        self.status != Some(429) && self.readable(body, size).is_some_and(object_without_deny)
+    }
+
+    /// A completed deny: a JSON object whose `response` is an object.
+    fn is_deny(&self, body: &[u8], size: usize) -> bool {
+        self.readable(body, size).is_some_and(object_with_deny)
+    }
+
+    /// A completed `/sideband/response` reply that is a JSON object.
+    fn is_valid_response_reply(&self, body: &[u8], size: usize) -> bool {
+        self.readable(body, size)
+            .is_some_and(|b| top_members(b).is_some())
+    }
+
+    /// The body the host hands over (`size` bytes of it) when the call
+    /// completed with a status below 400; `None` otherwise.
+    fn readable<'b>(&self, body: &'b [u8], size: usize) -> Option<&'b [u8]> {
         let completed = matches!(self.dispatch_status(), None | Some("ok"));
-        let status_ok = self.status.is_some_and(|s| s < 400 && s != 429);
-        let shown = &body[..size.min(body.len())];
-        completed && status_ok && object_without_deny(shown)
+        let status_ok = self.status.is_some_and(|s| s < 400);
+        (completed && status_ok).then(|| &body[..size.min(body.len())])
     }
 }
 
@@ -386,11 +402,11 @@ fn run(config_text: &str, story: &Story) -> Ending {
                 allowed = true;
             }
             if let Some(Effect::Send(_)) = after.iter().find(|e| matches!(e, Effect::Send(_))) {
-                deny_seen = reply_is_deny(reply, &body, size);
+                deny_seen = reply.is_deny(&body, size);
             }
         } else if path.ends_with("/sideband/response") {
             if let Some(Effect::Send(s)) = after.iter().find(|e| matches!(e, Effect::Send(_))) {
-                if !response_reply_valid(reply, &body, size) {
+                if !reply.is_valid_response_reply(&body, size) {
                     assert!(
                         s.status >= 500,
                         "a malformed /sideband/response reply gave the client {}",
@@ -467,18 +483,6 @@ pub fn object_with_deny(body: &[u8]) -> bool {
         m.get("response")
             .is_some_and(|raw| matches!(serde_json::from_str(raw.get()), Ok(Value::Object(_))))
     })
-}
-
-fn reply_is_deny(reply: &Scripted, body: &[u8], size: usize) -> bool {
-    let completed = matches!(reply.dispatch_status(), None | Some("ok"));
-    let shown = &body[..size.min(body.len())];
-    completed && reply.status.is_some_and(|s| s < 400) && object_with_deny(shown)
-}
-
-fn response_reply_valid(reply: &Scripted, body: &[u8], size: usize) -> bool {
-    let completed = matches!(reply.dispatch_status(), None | Some("ok"));
-    let shown = &body[..size.min(body.len())];
-    completed && reply.status.is_some_and(|s| s < 400) && top_members(shown).is_some()
 }
 
 fn exchange_config(extra: &str) -> String {
