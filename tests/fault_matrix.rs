@@ -1340,39 +1340,37 @@ fn check(case: Case, o: &Outcome) -> Vec<String> {
         format!("{:?}", r.framing_error),
         "None".into(),
     );
-    let (status, through) = (e.status, e.through);
+    let through = e.through;
     expect_eq(
         &mut problems,
         "status",
         r.status.to_string(),
-        status.to_string(),
+        e.status.to_string(),
     );
-    {
-        match e.body {
-            Body::Empty => {
-                expect_eq(
-                    &mut problems,
-                    "body length",
-                    r.body.len().to_string(),
-                    "0".into(),
-                );
-                if r.status >= 200 && r.status != 204 && r.status != 304 {
-                    expect_eq(
-                        &mut problems,
-                        "content-length",
-                        format!("{:?}", r.header("content-length")),
-                        format!("{:?}", Some("0")),
-                    );
-                }
-            }
-            Body::Len(n) => expect_eq(
+    match e.body {
+        Body::Empty => {
+            expect_eq(
                 &mut problems,
                 "body length",
                 r.body.len().to_string(),
-                n.to_string(),
-            ),
-            Body::Any => {}
+                "0".into(),
+            );
+            if r.status >= 200 && r.status != 204 && r.status != 304 {
+                expect_eq(
+                    &mut problems,
+                    "content-length",
+                    format!("{:?}", r.header("content-length")),
+                    format!("{:?}", Some("0")),
+                );
+            }
         }
+        Body::Len(n) => expect_eq(
+            &mut problems,
+            "body length",
+            r.body.len().to_string(),
+            n.to_string(),
+        ),
+        Body::Any => {}
     }
     let count = |n: bool| usize::from(n).to_string();
     let (log_needle, log_from_filter) = match case.faulty {
