@@ -140,6 +140,42 @@ local function validate_secret(value)
   return true
 end
 
+-- A header list, as config::parse: no name twice, compared case-insensitively (the
+-- items are checked by validate_header_name first).
+local function validate_header_list(value)
+  local seen = {}
+  for _, name in ipairs(value) do
+    local lower = name:lower()
+    if seen[lower] then
+      return nil, "must not contain a header name twice (header names are case-insensitive): " .. lower
+    end
+    seen[lower] = true
+  end
+  return true
+end
+
+-- cache, as config::parse: an enabled cache whose key selects nothing is refused. A
+-- part that is nil or null takes its default.
+local function validate_cache(value)
+  local function part(name, default)
+    local v = value[name]
+    if v == nil or v == null then
+      return default
+    end
+    return v
+  end
+  if part("enabled", false) ~= true then
+    return true
+  end
+  if part("key_method", true) or part("key_path", true) or part("key_client_ip", false) or part("key_body", false) then
+    return true
+  end
+  if #part("key_headers", { "authorization" }) > 0 then
+    return true
+  end
+  return nil, "the cache key selects nothing: every request would share one decision"
+end
+
 return {
   name = "ping_auth",
   fields = {
@@ -300,6 +336,87 @@ return {
               default = "x-ping-auth-fail-open",
               custom_validator = validate_header_name,
               description = "Header the upstream receives on a request let through by an on_* = allow; its value is the failure class. A client's own header of that name is removed.",
+          } },
+          -- added by ping_auth (not in the Lua plugin)
+          { cache = {
+              type = "record",
+              required = true,
+              custom_validator = validate_cache,
+              description = "Decision cache, in memory per worker: a request whose key matches an earlier one gets that decision without a sideband call. The key parts are hashed with SHA-256 together with the configuration's identity; the request's key material is never stored in clear.",
+              fields = {
+                  { enabled = {
+                      type = "boolean",
+                      required = false,
+                      default = false,
+                      description = "Turn the decision cache on (it is opt-in). It is used only with enable_response_hook = false and mode = enforce; otherwise every request still goes to the policy server.",
+                  } },
+                  { ttl_seconds = {
+                      type = "integer",
+                      between = { 1, 86400 },
+                      required = false,
+                      default = 60,
+                      description = "Longest time in seconds a decision is reused. The policy reply's own Cache-Control (max-age, s-maxage) can only shorten it; no-store, no-cache, private or max-age=0 means the decision is not stored.",
+                  } },
+                  { max_entries = {
+                      type = "integer",
+                      between = { 1, 100000 },
+                      required = false,
+                      default = 10000,
+                      description = "Most decisions kept, per worker; when the cache is full the least recently used entry is evicted.",
+                  } },
+                  { stale_if_error_seconds = {
+                      type = "integer",
+                      between = { 0, 86400 },
+                      required = false,
+                      default = 0,
+                      description = "How long in seconds after expiry a cached allow may still be served when the policy server is unreachable, times out or answers 5xx (0 = never).",
+                  } },
+                  { cache_denies = {
+                      type = "boolean",
+                      required = false,
+                      default = false,
+                      description = "Also cache denies: the policy's deny response is replayed to later requests with the same key. false = only allows are cached.",
+                  } },
+                  { key_method = {
+                      type = "boolean",
+                      required = false,
+                      default = true,
+                      description = "The request method is part of the cache key.",
+                  } },
+                  { key_path = {
+                      type = "boolean",
+                      required = false,
+                      default = true,
+                      description = "The request path is part of the cache key.",
+                  } },
+                  { key_query = {
+                      type = "boolean",
+                      required = false,
+                      default = true,
+                      description = "The query string is part of the cache key (only when key_path is true).",
+                  } },
+                  { key_headers = {
+                      type = "array",
+                      elements = { type = "string", custom_validator = validate_header_name },
+                      len_max = 16,
+                      required = false,
+                      default = { "authorization" },
+                      custom_validator = validate_header_list,
+                      description = "Names of the request headers whose values are part of the cache key (case-insensitive, each at most once). The default keeps the decisions of different credentials apart.",
+                  } },
+                  { key_client_ip = {
+                      type = "boolean",
+                      required = false,
+                      default = false,
+                      description = "The client's IP address is part of the cache key.",
+                  } },
+                  { key_body = {
+                      type = "boolean",
+                      required = false,
+                      default = false,
+                      description = "A SHA-256 of the request body is part of the cache key; without it, requests with a body are never cached.",
+                  } },
+              },
           } },
         },
     } },

@@ -31,6 +31,15 @@ pub enum FieldKind {
     Boolean,
     /// A non-empty string that must follow `rule`.
     Rule(&'static Rule),
+    /// A JSON object with exactly these fields: unknown keys are refused and a
+    /// `null` inside counts as absent, as at the top level. Errors name the
+    /// field `<object>.<field>`.
+    Object(&'static [FieldSpec]),
+    /// A JSON array of HTTP header names ([`is_token`]), at most `max_items`,
+    /// none twice (compared case-insensitively); [`parse`] lowercases them.
+    HeaderList {
+        max_items: usize,
+    },
 }
 
 /// A text rule both schemas and [`parse`] apply: a JSON Schema `pattern`,
@@ -100,10 +109,12 @@ pub enum Default {
     Integer(i64),
     Boolean(bool),
     Text(&'static str),
+    /// The default of a [`FieldKind::HeaderList`].
+    List(&'static [&'static str]),
 }
 
 /// One configuration field.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldSpec {
     pub name: &'static str,
     pub kind: FieldKind,
@@ -123,6 +134,135 @@ pub const MAX_TIMEOUT_MS: i64 = 2_147_483_647;
 /// Default and bounds of `max_response_body_bytes`.
 pub const DEFAULT_MAX_RESPONSE_BODY: i64 = 1024 * 1024;
 pub const MAX_MAX_RESPONSE_BODY: i64 = 64 * 1024 * 1024;
+
+/// Bounds of the `cache` object's fields.
+pub const MAX_CACHE_TTL_SECS: i64 = 86_400;
+pub const MAX_CACHE_ENTRIES: i64 = 100_000;
+pub const MAX_CACHE_KEY_HEADERS: usize = 16;
+
+/// The `cache` fields that select a part of the request for the cache key
+/// (`key_query` only refines `key_path`). An enabled cache needs one of them
+/// true, or [`CACHE_KEY_HEADER_LIST`] non-empty; an absent or null part takes
+/// its default. `gen-schema` renders the same rule into both schemas.
+pub const CACHE_KEY_FLAGS: &[&str] = &["key_method", "key_path", "key_client_ip", "key_body"];
+/// The `cache` field listing the headers that are part of the cache key.
+pub const CACHE_KEY_HEADER_LIST: &str = "key_headers";
+/// The reason an enabled cache whose key selects nothing is refused (field `cache`).
+pub const CACHE_KEY_SELECTS_NOTHING: &str =
+    "the cache key selects nothing: every request would share one decision";
+/// The reason a header list names a header twice, followed by the (lower-case) name.
+pub const DUPLICATE_HEADER_NAME: &str =
+    "must not contain a header name twice (header names are case-insensitive): ";
+/// The reason a header name is refused (also `validate_header_name` in schema.lua).
+pub const INVALID_HEADER_NAME: &str =
+    "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)";
+
+/// Kong's Prometheus label patterns for this filter's metrics (`metrics.label_patterns`
+/// of meta.json, in this order): `(label, pattern)`, the pattern's first group is the
+/// text removed from the metric name, the second the label's value.
+pub const METRIC_LABEL_PATTERNS: &[(&str, &str)] = &[
+    ("outcome", "(_outcome=([a-z_]+))"),
+    ("endpoint", "(_endpoint=([a-z]+))"),
+    ("result", "(_result=([a-z_]+))"),
+    ("reason", "(_reason=([a-z_]+))"),
+];
+
+/// A field of the `cache` object: optional, with a default, filter-only.
+const fn cache_field(
+    name: &'static str,
+    kind: FieldKind,
+    default: Default,
+    description: &'static str,
+) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind,
+        required: false,
+        default: Some(default),
+        lua: None,
+        referenceable: false,
+        secret: false,
+        description,
+    }
+}
+
+/// The fields of the `cache` object.
+pub const CACHE_FIELDS: &[FieldSpec] = &[
+    cache_field(
+        "enabled",
+        FieldKind::Boolean,
+        Default::Boolean(false),
+        "Turn the decision cache on (it is opt-in). It is used only with enable_response_hook = false \
+         and mode = enforce; otherwise every request still goes to the policy server.",
+    ),
+    cache_field(
+        "ttl_seconds",
+        FieldKind::Integer { min: 1, max: MAX_CACHE_TTL_SECS },
+        Default::Integer(60),
+        "Longest time in seconds a decision is reused. The policy reply's own Cache-Control \
+         (max-age, s-maxage) can only shorten it; no-store, no-cache, private or max-age=0 means \
+         the decision is not stored.",
+    ),
+    cache_field(
+        "max_entries",
+        FieldKind::Integer { min: 1, max: MAX_CACHE_ENTRIES },
+        Default::Integer(10_000),
+        "Most decisions kept, per worker; when the cache is full the least recently used entry \
+         is evicted.",
+    ),
+    cache_field(
+        "stale_if_error_seconds",
+        FieldKind::Integer { min: 0, max: MAX_CACHE_TTL_SECS },
+        Default::Integer(0),
+        "How long in seconds after expiry a cached allow may still be served when the policy \
+         server is unreachable, times out or answers 5xx (0 = never).",
+    ),
+    cache_field(
+        "cache_denies",
+        FieldKind::Boolean,
+        Default::Boolean(false),
+        "Also cache denies: the policy's deny response is replayed to later requests with the \
+         same key. false = only allows are cached.",
+    ),
+    cache_field(
+        "key_method",
+        FieldKind::Boolean,
+        Default::Boolean(true),
+        "The request method is part of the cache key.",
+    ),
+    cache_field(
+        "key_path",
+        FieldKind::Boolean,
+        Default::Boolean(true),
+        "The request path is part of the cache key.",
+    ),
+    cache_field(
+        "key_query",
+        FieldKind::Boolean,
+        Default::Boolean(true),
+        "The query string is part of the cache key (only when key_path is true).",
+    ),
+    cache_field(
+        "key_headers",
+        FieldKind::HeaderList { max_items: MAX_CACHE_KEY_HEADERS },
+        Default::List(&["authorization"]),
+        "Names of the request headers whose values are part of the cache key (case-insensitive, \
+         each at most once). The default keeps the decisions of different credentials apart.",
+    ),
+    cache_field(
+        "key_client_ip",
+        FieldKind::Boolean,
+        Default::Boolean(false),
+        "The client's IP address is part of the cache key.",
+    ),
+    cache_field(
+        "key_body",
+        FieldKind::Boolean,
+        Default::Boolean(false),
+        "A SHA-256 of the request body is part of the cache key; without it, requests with a \
+         body are never cached.",
+    ),
+];
 
 /// The field of one failure class: `deny` (the default), `deny:<status>` or
 /// `allow`.
@@ -324,6 +464,18 @@ pub const FIELDS: &[FieldSpec] = &[
         description: "Header the upstream receives on a request let through by an on_* = allow; its value \
                       is the failure class. A client's own header of that name is removed.",
     },
+    FieldSpec {
+        name: "cache",
+        kind: FieldKind::Object(CACHE_FIELDS),
+        required: false,
+        default: None,
+        lua: None,
+        referenceable: false,
+        secret: false,
+        description: "Decision cache, in memory per worker: a request whose key matches an earlier one gets \
+                      that decision without a sideband call. The key parts are hashed with SHA-256 together \
+                      with the configuration's identity; the request's key material is never stored in clear.",
+    },
 ];
 
 /// A string that never prints its value.
@@ -368,6 +520,27 @@ pub struct Config {
     pub sideband_authority: String,
     pub request_endpoint: Endpoint,
     pub response_endpoint: Endpoint,
+    /// The decision cache (`cache.enabled`), or `None` when it is off.
+    pub cache: Option<CacheConfig>,
+    /// SHA-256 of the configuration bytes: part of every cache key, so two
+    /// configurations never share a cached decision.
+    pub identity: [u8; 32],
+}
+
+/// The `cache` object, validated. Header names are lower case, without
+/// duplicates, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub ttl_secs: u32,
+    pub max_entries: usize,
+    pub stale_if_error_secs: u32,
+    pub cache_denies: bool,
+    pub key_method: bool,
+    pub key_path: bool,
+    pub key_query: bool,
+    pub key_headers: Vec<String>,
+    pub key_client_ip: bool,
+    pub key_body: bool,
 }
 
 impl Config {
@@ -407,7 +580,77 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(cache) = &self.cache {
+            lines.push((log::Level::Info, cache.describe()));
+            let mut unused = Vec::new();
+            if self.enable_response_hook {
+                unused.push(
+                    "enable_response_hook is true (the response hook needs a sideband call for \
+                     each response)",
+                );
+            }
+            if self.shadow {
+                unused.push("mode is shadow (shadow mode evaluates every request)");
+            }
+            if !unused.is_empty() {
+                lines.push((
+                    log::Level::Warn,
+                    format!(
+                        "cache.enabled is true but the decision cache is not used: {}",
+                        unused.join(" and ")
+                    ),
+                ));
+            }
+        }
         lines
+    }
+}
+
+impl CacheConfig {
+    /// One line naming the settings and the key's parts (header names, never
+    /// values).
+    fn describe(&self) -> String {
+        let mut key: Vec<String> = Vec::new();
+        if self.key_method {
+            key.push("method".into());
+        }
+        if self.key_path {
+            key.push(
+                if self.key_query {
+                    "path and query"
+                } else {
+                    "path"
+                }
+                .into(),
+            );
+        }
+        if !self.key_headers.is_empty() {
+            key.push(format!("headers {}", self.key_headers.join(", ")));
+        }
+        if self.key_client_ip {
+            key.push("client ip".into());
+        }
+        if self.key_body {
+            key.push("body (SHA-256)".into());
+        }
+        format!(
+            "decision cache configured: ttl {} s (the policy's Cache-Control can shorten it), \
+             at most {} entries per worker, stale-if-error {}, denies {}; key: {} \
+             (hashed with SHA-256 with the configuration's identity)",
+            self.ttl_secs,
+            self.max_entries,
+            if self.stale_if_error_secs == 0 {
+                "off".to_string()
+            } else {
+                format!("{} s", self.stale_if_error_secs)
+            },
+            if self.cache_denies {
+                "cached"
+            } else {
+                "not cached"
+            },
+            key.join("; "),
+        )
     }
 }
 
@@ -437,7 +680,11 @@ impl ConfigError {
 }
 
 fn spec(name: &str) -> Option<&'static FieldSpec> {
-    FIELDS.iter().find(|f| f.name == name)
+    spec_in(FIELDS, name)
+}
+
+fn spec_in(specs: &'static [FieldSpec], name: &str) -> Option<&'static FieldSpec> {
+    specs.iter().find(|f| f.name == name)
 }
 
 /// Parses and validates the configuration bytes Kong hands to `on_configure`.
@@ -459,7 +706,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
             reason: "configuration must be a JSON object".into(),
         });
     };
-    let fields = check_fields(&obj)?;
+    let fields = check_fields(&obj, FIELDS, "")?;
     let get_str = |name: &str| -> Option<String> {
         match fields.get(name) {
             Some(Value::String(s)) => Some(s.clone()),
@@ -481,7 +728,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     if !is_token(&secret_header_name) {
         return Err(ConfigError::field(
             "secret_header_name",
-            "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+            INVALID_HEADER_NAME,
         ));
     }
     let shared_secret = get_str("shared_secret").unwrap_or_default();
@@ -521,10 +768,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     };
     let fail_open_header = text_or_default("fail_open_header").to_ascii_lowercase();
     if !is_token(&fail_open_header) {
-        return Err(ConfigError::field(
-            "fail_open_header",
-            "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
-        ));
+        return Err(ConfigError::field("fail_open_header", INVALID_HEADER_NAME));
     }
     let on = |name: &str| {
         OnFailure::parse(&text_or_default(name)).map_err(|r| ConfigError::field(name, r))
@@ -538,6 +782,10 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         methods: method_list(&text_or_default("fail_open_methods")).unwrap_or_default(),
         marker_header: fail_open_header,
     };
+    let cache = match fields.get("cache") {
+        Some(Value::Object(c)) => cache_config(c)?,
+        _ => None,
+    };
     let endpoint = |call| Endpoint::new(&service_url, call, &secret_header_name, &shared_secret);
     let (request_endpoint, response_endpoint) = (endpoint(Call::Request), endpoint(Call::Response));
     Ok(Config {
@@ -546,6 +794,11 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         sideband_authority: service_url.authority(),
         request_endpoint,
         response_endpoint,
+        cache,
+        identity: {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(bytes).into()
+        },
         service_url,
         shared_secret: Secret::new(shared_secret),
         secret_header_name,
@@ -561,56 +814,151 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     })
 }
 
-/// Generic checks from [`FIELDS`]: unknown fields, required fields, types and
-/// bounds. `null` counts as absent (Konnect and Kong store unset optional fields
-/// as null). Returns the present, non-null fields.
-fn check_fields(obj: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
-    if let Some(unknown) = obj.keys().find(|k| spec(k).is_none()) {
-        return Err(ConfigError::field(unknown, "unknown field"));
+/// The `cache` object, already checked by [`check_fields`] (present, non-null
+/// fields only; header names lower case and unique): `None` unless `enabled`.
+fn cache_config(c: &Map<String, Value>) -> Result<Option<CacheConfig>, ConfigError> {
+    let default = |name: &str| spec_in(CACHE_FIELDS, name).and_then(|f| f.default);
+    let flag = |name: &str| -> bool {
+        c.get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(matches!(default(name), Some(Default::Boolean(true))))
+    };
+    let int = |name: &str| -> i64 {
+        c.get(name)
+            .and_then(Value::as_i64)
+            .or(match default(name) {
+                Some(Default::Integer(i)) => Some(i),
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    if !flag("enabled") {
+        return Ok(None);
+    }
+    let key_headers: Vec<String> = match c.get(CACHE_KEY_HEADER_LIST) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => match default(CACHE_KEY_HEADER_LIST) {
+            Some(Default::List(names)) => names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            _ => Vec::new(),
+        },
+    };
+    if !CACHE_KEY_FLAGS.iter().any(|f| flag(f)) && key_headers.is_empty() {
+        return Err(ConfigError::field("cache", CACHE_KEY_SELECTS_NOTHING));
+    }
+    let to_u32 = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(Some(CacheConfig {
+        ttl_secs: to_u32(int("ttl_seconds")),
+        max_entries: usize::try_from(int("max_entries")).unwrap_or(usize::MAX),
+        stale_if_error_secs: to_u32(int("stale_if_error_seconds")),
+        cache_denies: flag("cache_denies"),
+        key_method: flag("key_method"),
+        key_path: flag("key_path"),
+        key_query: flag("key_query"),
+        key_headers,
+        key_client_ip: flag("key_client_ip"),
+        key_body: flag("key_body"),
+    }))
+}
+
+/// Generic checks from `specs` (`FIELDS` or an object's fields): unknown fields,
+/// required fields, types and bounds. `null` counts as absent (Konnect and Kong
+/// store unset optional fields as null). Returns the present, non-null fields;
+/// a header list lower case. Errors name a field `<prefix><name>`.
+fn check_fields(
+    obj: &Map<String, Value>,
+    specs: &'static [FieldSpec],
+    prefix: &str,
+) -> Result<Map<String, Value>, ConfigError> {
+    let name = |f: &str| format!("{prefix}{f}");
+    if let Some(unknown) = obj.keys().find(|k| spec_in(specs, k).is_none()) {
+        return Err(ConfigError::field(&name(unknown), "unknown field"));
     }
     let mut present = Map::new();
-    for f in FIELDS {
+    for f in specs {
         let value = match obj.get(f.name) {
             None | Some(Value::Null) => {
                 if f.required {
-                    return Err(ConfigError::field(f.name, "required field missing"));
+                    return Err(ConfigError::field(&name(f.name), "required field missing"));
                 }
                 continue;
             }
             Some(v) => v,
         };
-        match f.kind {
+        let err = |reason: String| ConfigError::field(&name(f.name), reason);
+        let checked = match f.kind {
             FieldKind::String { .. } | FieldKind::Rule(_) => match value {
-                Value::String(s) if s.is_empty() => {
-                    return Err(ConfigError::field(f.name, "must not be empty"))
-                }
+                Value::String(s) if s.is_empty() => return Err(err("must not be empty".into())),
                 Value::String(s) => {
                     if let FieldKind::Rule(rule) = f.kind {
-                        (rule.check)(s).map_err(|r| ConfigError::field(f.name, r))?;
+                        (rule.check)(s).map_err(err)?;
                     }
+                    value.clone()
                 }
-                _ => return Err(ConfigError::field(f.name, "expected a string")),
+                _ => return Err(err("expected a string".into())),
             },
             FieldKind::Integer { min, max } => {
                 let Some(i) = value.as_i64().filter(|_| value.is_i64() || value.is_u64()) else {
-                    return Err(ConfigError::field(f.name, "expected an integer"));
+                    return Err(err("expected an integer".into()));
                 };
                 if i < min || i > max {
-                    return Err(ConfigError::field(
-                        f.name,
-                        format!("must be between {min} and {max}, got {i}"),
-                    ));
+                    return Err(err(format!("must be between {min} and {max}, got {i}")));
                 }
+                value.clone()
             }
             FieldKind::Boolean => {
                 if !value.is_boolean() {
-                    return Err(ConfigError::field(f.name, "expected a boolean"));
+                    return Err(err("expected a boolean".into()));
                 }
+                value.clone()
             }
-        }
-        present.insert(f.name.to_string(), value.clone());
+            FieldKind::Object(fields) => match value {
+                Value::Object(o) => {
+                    Value::Object(check_fields(o, fields, &format!("{}.", name(f.name)))?)
+                }
+                _ => return Err(err("expected an object".into())),
+            },
+            FieldKind::HeaderList { max_items } => {
+                Value::Array(header_list(value, max_items).map_err(err)?)
+            }
+        };
+        present.insert(f.name.to_string(), checked);
     }
     Ok(present)
+}
+
+/// A [`FieldKind::HeaderList`] value: the names, lower case, in the order given.
+fn header_list(value: &Value, max_items: usize) -> Result<Vec<Value>, String> {
+    let Value::Array(items) = value else {
+        return Err("expected an array of header names".into());
+    };
+    if items.len() > max_items {
+        return Err(format!(
+            "must hold at most {max_items} header names, got {}",
+            items.len()
+        ));
+    }
+    let mut names: Vec<Value> = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::String(s) = item else {
+            return Err("expected an array of header names".into());
+        };
+        if s.is_empty() {
+            return Err("header names must not be empty".into());
+        }
+        if !is_token(s) {
+            return Err(INVALID_HEADER_NAME.into());
+        }
+        let lower = s.to_ascii_lowercase();
+        if names.iter().any(|n| n.as_str() == Some(lower.as_str())) {
+            return Err(format!("{DUPLICATE_HEADER_NAME}{lower}"));
+        }
+        names.push(Value::String(lower));
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -691,6 +1039,273 @@ mod tests {
             (r#""fail_open_header":"x open""#, "fail_open_header"),
         ] {
             assert_eq!(cfg(bad).unwrap_err().field.as_deref(), Some(field), "{bad}");
+        }
+    }
+
+    fn cache(body: &str) -> Result<Option<CacheConfig>, ConfigError> {
+        cfg(&format!(r#""enable_response_hook":false,"cache":{body}"#)).map(|c| c.cache)
+    }
+
+    fn cache_err(body: &str) -> ConfigError {
+        cache(body).unwrap_err()
+    }
+
+    #[test]
+    fn cache_defaults() {
+        assert_eq!(cfg("").unwrap().cache, None);
+        assert_eq!(cache("null").unwrap(), None);
+        assert_eq!(cache("{}").unwrap(), None);
+        assert_eq!(cache(r#"{"enabled":false}"#).unwrap(), None);
+        assert_eq!(cache(r#"{"enabled":null}"#).unwrap(), None);
+        let c = cache(r#"{"enabled":true}"#).unwrap().unwrap();
+        assert_eq!(
+            c,
+            CacheConfig {
+                ttl_secs: 60,
+                max_entries: 10_000,
+                stale_if_error_secs: 0,
+                cache_denies: false,
+                key_method: true,
+                key_path: true,
+                key_query: true,
+                key_headers: vec!["authorization".into()],
+                key_client_ip: false,
+                key_body: false,
+            }
+        );
+        // Konnect writes null for every unset field: the defaults apply.
+        let nulls = CACHE_FIELDS
+            .iter()
+            .filter(|f| f.name != "enabled")
+            .map(|f| format!(r#""{}":null"#, f.name))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            cache(&format!(r#"{{"enabled":true,{nulls}}}"#)).unwrap(),
+            Some(c)
+        );
+    }
+
+    /// What Kong and Konnect store for a plugin without `cache`: the record filled
+    /// with every default (schema.lua declares it `required = true`).
+    #[test]
+    fn cache_record_filled_with_defaults_is_accepted() {
+        let mut record = Map::new();
+        for f in CACHE_FIELDS {
+            let v = match f.default.unwrap() {
+                Default::Integer(i) => Value::from(i),
+                Default::Boolean(b) => Value::from(b),
+                Default::Text(t) => Value::from(t),
+                Default::List(l) => Value::from(l.to_vec()),
+            };
+            record.insert(f.name.into(), v);
+        }
+        let body = Value::Object(record.clone()).to_string();
+        assert_eq!(cache(&body).unwrap(), None);
+        record.insert("enabled".into(), Value::Bool(true));
+        let body = Value::Object(record).to_string();
+        assert_eq!(cache(&body).unwrap(), cache(r#"{"enabled":true}"#).unwrap());
+    }
+
+    #[test]
+    fn cache_every_field() {
+        let c = cache(
+            r#"{"enabled":true,"ttl_seconds":86400,"max_entries":100000,"stale_if_error_seconds":30,
+                "cache_denies":true,"key_method":false,"key_path":true,"key_query":false,
+                "key_headers":["Authorization","X-Tenant-ID"],"key_client_ip":true,"key_body":true}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.ttl_secs, 86_400);
+        assert_eq!(c.max_entries, 100_000);
+        assert_eq!(c.stale_if_error_secs, 30);
+        assert!(c.cache_denies && !c.key_method && c.key_path && !c.key_query);
+        assert_eq!(c.key_headers, ["authorization", "x-tenant-id"]);
+        assert!(c.key_client_ip && c.key_body);
+    }
+
+    #[test]
+    fn cache_errors_name_the_inner_field() {
+        for (body, field) in [
+            (r#"{"enabled":true,"bogus":1}"#, "cache.bogus"),
+            (r#"{"ttl":60}"#, "cache.ttl"),
+            (r#"{"ttl_seconds":0}"#, "cache.ttl_seconds"),
+            (r#"{"ttl_seconds":86401}"#, "cache.ttl_seconds"),
+            (r#"{"ttl_seconds":"60"}"#, "cache.ttl_seconds"),
+            (r#"{"max_entries":0}"#, "cache.max_entries"),
+            (r#"{"max_entries":100001}"#, "cache.max_entries"),
+            (
+                r#"{"stale_if_error_seconds":-1}"#,
+                "cache.stale_if_error_seconds",
+            ),
+            (r#"{"enabled":"yes"}"#, "cache.enabled"),
+            (r#"{"cache_denies":1}"#, "cache.cache_denies"),
+            (r#"{"key_headers":"authorization"}"#, "cache.key_headers"),
+            (r#"{"key_headers":[1]}"#, "cache.key_headers"),
+            (r#"{"key_headers":[""]}"#, "cache.key_headers"),
+            (r#"{"key_headers":["x y"]}"#, "cache.key_headers"),
+            (r#""on""#, "cache"),
+            ("[]", "cache"),
+        ] {
+            let e = cache_err(body);
+            assert_eq!(e.field.as_deref(), Some(field), "{body}: {e}");
+        }
+        assert_eq!(cache_err(r#"{"bogus":1}"#).reason, "unknown field");
+        assert_eq!(cache_err(r#""on""#).reason, "expected an object");
+        assert_eq!(
+            cache_err(r#"{"key_headers":["x y"]}"#).reason,
+            INVALID_HEADER_NAME
+        );
+        // Errors come from the inner checks even when the cache is off.
+        assert!(cache(r#"{"enabled":false,"ttl_seconds":0}"#).is_err());
+    }
+
+    #[test]
+    fn cache_header_names_lower_case_and_unique() {
+        let c = cache(r#"{"enabled":true,"key_headers":["X-API-Key","Cookie"]}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.key_headers, ["x-api-key", "cookie"]);
+        for dup in [r#"["a","a"]"#, r#"["Authorization","authorization"]"#] {
+            let e = cache_err(&format!(r#"{{"enabled":true,"key_headers":{dup}}}"#));
+            assert_eq!(e.field.as_deref(), Some("cache.key_headers"));
+            assert!(e.reason.starts_with(DUPLICATE_HEADER_NAME), "{}", e.reason);
+        }
+        let sixteen: Vec<String> = (0..16).map(|i| format!("\"h{i}\"")).collect();
+        let c = cache(&format!(
+            r#"{{"enabled":true,"key_headers":[{}]}}"#,
+            sixteen.join(",")
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.key_headers.len(), 16);
+        let e = cache_err(&format!(
+            r#"{{"enabled":true,"key_headers":[{},"h16"]}}"#,
+            sixteen.join(",")
+        ));
+        assert_eq!(e.field.as_deref(), Some("cache.key_headers"));
+    }
+
+    #[test]
+    fn cache_key_must_select_something() {
+        let nothing = r#""key_method":false,"key_path":false,"key_headers":[]"#;
+        let e = cache_err(&format!(r#"{{"enabled":true,{nothing}}}"#));
+        assert_eq!(e.field.as_deref(), Some("cache"));
+        assert_eq!(e.reason, CACHE_KEY_SELECTS_NOTHING);
+        // key_query alone selects nothing: it only refines the path.
+        assert!(cache(&format!(r#"{{"enabled":true,{nothing},"key_query":true}}"#)).is_err());
+        // Disabled, the key is not checked.
+        assert_eq!(
+            cache(&format!(r#"{{"enabled":false,{nothing}}}"#)).unwrap(),
+            None
+        );
+        // Null parts take their (selecting) defaults.
+        assert!(
+            cache(r#"{"enabled":true,"key_method":false,"key_path":null,"key_headers":[]}"#)
+                .unwrap()
+                .is_some()
+        );
+        for part in CACHE_KEY_FLAGS {
+            let mut v: Value =
+                serde_json::from_str(&format!(r#"{{"enabled":true,{nothing}}}"#)).unwrap();
+            v[part] = Value::Bool(true);
+            assert!(cache(&v.to_string()).unwrap().is_some(), "{part}");
+        }
+        let only_headers = cache(
+            r#"{"enabled":true,"key_method":false,"key_path":false,"key_headers":["authorization"]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(only_headers.key_headers, ["authorization"]);
+        let only_body = cache(
+            r#"{"enabled":true,"key_method":false,"key_path":false,"key_headers":[],"key_body":true}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(only_body.key_body);
+        let only_ip = cache(
+            r#"{"enabled":true,"key_method":false,"key_path":false,"key_headers":[],"key_client_ip":true}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(only_ip.key_client_ip);
+    }
+
+    #[test]
+    fn cache_announcement() {
+        let lines = |extra: &str| {
+            cfg(extra)
+                .unwrap()
+                .announcement()
+                .into_iter()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert!(lines(r#""enable_response_hook":false"#).is_empty());
+        let on = lines(
+            r#""enable_response_hook":false,"cache":{"enabled":true,"key_headers":["Authorization","X-Tenant"],"key_body":true}"#,
+        );
+        assert_eq!(on.len(), 1, "{on:?}");
+        let (level, line) = &on[0];
+        assert_eq!(*level, log::Level::Info);
+        for part in [
+            "ttl 60 s",
+            "10000 entries",
+            "stale-if-error off",
+            "denies not cached",
+            "method",
+            "path and query",
+            "headers authorization, x-tenant",
+            "body",
+        ] {
+            assert!(line.contains(part), "{part}: {line}");
+        }
+        assert!(!line.contains("client ip"), "{line}");
+
+        // The response hook (on by default) and shadow mode: configured, not used.
+        let hook = lines(r#""cache":{"enabled":true}"#);
+        assert_eq!(hook.len(), 2, "{hook:?}");
+        assert_eq!(hook[1].0, log::Level::Warn);
+        assert!(hook[1].1.contains("enable_response_hook"), "{}", hook[1].1);
+        assert!(!hook[1].1.contains("shadow"), "{}", hook[1].1);
+        let c = cfg(r#""cache":{"enabled":true}"#).unwrap();
+        assert!(c.cache.is_some(), "the exchange checks the hook itself");
+        let shadow =
+            lines(r#""enable_response_hook":false,"mode":"shadow","cache":{"enabled":true}"#);
+        assert_eq!(shadow.len(), 2, "{shadow:?}");
+        assert_eq!(shadow[1].0, log::Level::Warn);
+        assert!(shadow[1].1.contains("mode is shadow"), "{}", shadow[1].1);
+        assert!(
+            cfg(r#""enable_response_hook":false,"mode":"shadow","cache":{"enabled":true}"#)
+                .unwrap()
+                .cache
+                .is_some()
+        );
+        // Disabled: nothing announced.
+        assert!(lines(r#""cache":{"enabled":false}"#).is_empty());
+    }
+
+    #[test]
+    fn announcement_never_contains_the_secret() {
+        for extra in [
+            "",
+            r#""cache":{"enabled":true,"key_headers":["CLIENT-TOKEN","authorization"],"key_client_ip":true,"stale_if_error_seconds":5,"cache_denies":true}"#,
+            r#""enable_response_hook":false,"mode":"shadow","cache":{"enabled":true}"#,
+        ] {
+            for (_, line) in cfg(extra).unwrap().announcement() {
+                assert!(!line.contains("s3cr3t"), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn metric_label_patterns_have_two_groups() {
+        for (label, pattern) in METRIC_LABEL_PATTERNS {
+            assert!(
+                pattern.starts_with(&format!("(_{label}=(")),
+                "{label}: {pattern}"
+            );
+            assert_eq!(pattern.matches('(').count(), 2, "{pattern}");
         }
     }
 

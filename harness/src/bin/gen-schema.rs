@@ -11,10 +11,20 @@
 //! `config::parse` checks two things that `FIELDS` has no slot for (the header name is
 //! an HTTP token; the secret has no CR, LF or NUL): they are [`HEADER_NAME_PATTERN`] and
 //! [`SECRET_PATTERN`] here and `validate_header_name` / `validate_secret` in the Lua.
+//! A header list's items use the same pattern and validator; its names are unique
+//! (`uniqueItems`, case-sensitive in JSON Schema; `validate_header_list`, case-insensitive
+//! as the parser, in the Lua). The `cache` object's rule that an enabled cache's key
+//! selects something (`config::CACHE_KEY_FLAGS`) is a `not` clause in meta.json and
+//! `validate_cache` in the Lua, both rendered from the fields' defaults.
+//! meta.json also carries Kong's Prometheus `metrics.label_patterns`
+//! (`config::METRIC_LABEL_PATTERNS`).
 //! `harness/tests/schema.rs` checks that both schemas and the parser agree on every
 //! fixture in `schema/fixtures/`.
 
-use ping_auth::config::{Default, FieldKind, FieldSpec, FIELDS, URL_PATTERN};
+use ping_auth::config::{
+    Default, FieldKind, FieldSpec, CACHE_KEY_FLAGS, CACHE_KEY_HEADER_LIST,
+    CACHE_KEY_SELECTS_NOTHING, DUPLICATE_HEADER_NAME, FIELDS, METRIC_LABEL_PATTERNS, URL_PATTERN,
+};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +50,8 @@ fn lua_validator(f: &FieldSpec) -> Option<&'static str> {
     match (f.name, f.kind) {
         (_, FieldKind::String { url: true }) => Some("validate_url"),
         (_, FieldKind::Rule(rule)) => Some(rule.lua_validator),
+        (_, FieldKind::HeaderList { .. }) => Some("validate_header_list"),
+        ("cache", FieldKind::Object(_)) => Some("validate_cache"),
         ("secret_header_name" | "fail_open_header", _) => Some("validate_header_name"),
         ("shared_secret", _) => Some("validate_secret"),
         _ => None,
@@ -51,6 +63,7 @@ fn default_json(d: Default) -> Value {
         Default::Integer(i) => json!(i),
         Default::Boolean(b) => json!(b),
         Default::Text(t) => json!(t),
+        Default::List(l) => json!(l),
     }
 }
 
@@ -59,16 +72,95 @@ fn default_lua(d: Default) -> String {
         Default::Integer(i) => i.to_string(),
         Default::Boolean(b) => b.to_string(),
         Default::Text(t) => lua_str(t),
+        Default::List(l) => lua_list(l),
     }
+}
+
+/// A Lua sequence of strings: `{ "a", "b" }` (`{}` when empty).
+fn lua_list(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "{}".into();
+    }
+    let items: Vec<String> = items.iter().map(|i| lua_str(i)).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+/// The `cache` field named `name`; gen-schema fails on a missing one rather than
+/// render a rule that does not hold.
+fn cache_field(fields: &'static [FieldSpec], name: &str) -> Result<&'static FieldSpec, String> {
+    fields
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("cache has no field {name}"))
+}
+
+fn default_flag(f: &FieldSpec) -> Result<bool, String> {
+    match f.default {
+        Some(Default::Boolean(b)) => Ok(b),
+        _ => Err(format!("cache.{} must be a boolean with a default", f.name)),
+    }
+}
+
+fn default_list(f: &FieldSpec) -> Result<&'static [&'static str], String> {
+    match f.default {
+        Some(Default::List(l)) => Ok(l),
+        _ => Err(format!(
+            "cache.{} must be a header list with a default",
+            f.name
+        )),
+    }
+}
+
+/// The JSON Schema that matches exactly the `cache` objects whose key selects
+/// nothing while enabled, for a `not`: `enabled` true, every key flag false and
+/// the header list empty, an absent or null part counting as its default. `null` stays
+/// last in an `enum`: lua-resty-ljsonschema joins a `null` member without its `or`.
+fn selects_nothing_schema(fields: &'static [FieldSpec]) -> Result<Value, String> {
+    let mut required: Vec<&str> = Vec::new();
+    let mut props = Map::new();
+    let enabled = cache_field(fields, "enabled")?;
+    if default_flag(enabled)? {
+        props.insert("enabled".into(), json!({ "enum": [true, null] }));
+    } else {
+        required.push("enabled");
+        props.insert("enabled".into(), json!({ "enum": [true] }));
+    }
+    for name in CACHE_KEY_FLAGS {
+        let f = cache_field(fields, name)?;
+        if default_flag(f)? {
+            required.push(f.name);
+            props.insert(f.name.into(), json!({ "enum": [false] }));
+        } else {
+            props.insert(f.name.into(), json!({ "enum": [false, null] }));
+        }
+    }
+    let list = cache_field(fields, CACHE_KEY_HEADER_LIST)?;
+    if default_list(list)?.is_empty() {
+        props.insert(
+            list.name.into(),
+            json!({ "type": ["array", "null"], "maxItems": 0 }),
+        );
+    } else {
+        required.push(list.name);
+        props.insert(list.name.into(), json!({ "type": "array", "maxItems": 0 }));
+    }
+    Ok(json!({
+        "description": CACHE_KEY_SELECTS_NOTHING,
+        "type": "object",
+        "required": required,
+        "properties": props,
+    }))
 }
 
 /// The JSON Schema of one field. Optional fields also accept `null`: Kong and Konnect
 /// store an unset optional field as null, and `config::parse` treats null as absent.
-fn field_schema(f: &FieldSpec) -> Value {
+fn field_schema(f: &FieldSpec) -> Result<Value, String> {
     let base = match f.kind {
         FieldKind::String { .. } | FieldKind::Rule(_) => "string",
         FieldKind::Integer { .. } => "integer",
         FieldKind::Boolean => "boolean",
+        FieldKind::Object(_) => "object",
+        FieldKind::HeaderList { .. } => "array",
     };
     let mut s = Map::new();
     s.insert("description".into(), json!(f.description));
@@ -98,22 +190,52 @@ fn field_schema(f: &FieldSpec) -> Value {
             s.insert("minLength".into(), json!(1));
             s.insert("pattern".into(), json!(rule.pattern));
         }
+        FieldKind::Object(fields) => {
+            let required: Vec<&str> = fields
+                .iter()
+                .filter(|f| f.required)
+                .map(|f| f.name)
+                .collect();
+            if !required.is_empty() {
+                s.insert("required".into(), json!(required));
+            }
+            s.insert("additionalProperties".into(), json!(false));
+            s.insert("properties".into(), Value::Object(properties(fields)?));
+            if f.name == "cache" {
+                s.insert("not".into(), selects_nothing_schema(fields)?);
+            }
+        }
+        FieldKind::HeaderList { max_items } => {
+            s.insert("maxItems".into(), json!(max_items));
+            s.insert("uniqueItems".into(), json!(true));
+            s.insert(
+                "items".into(),
+                json!({ "type": "string", "minLength": 1, "pattern": HEADER_NAME_PATTERN }),
+            );
+        }
     }
     if let Some(d) = f.default {
         s.insert("default".into(), default_json(d));
     }
-    Value::Object(s)
+    Ok(Value::Object(s))
 }
 
-fn meta_json() -> Result<String, serde_json::Error> {
-    let properties: Map<String, Value> = FIELDS
+fn properties(fields: &[FieldSpec]) -> Result<Map<String, Value>, String> {
+    fields
         .iter()
-        .map(|f| (f.name.to_string(), field_schema(f)))
-        .collect();
+        .map(|f| Ok((f.name.to_string(), field_schema(f)?)))
+        .collect()
+}
+
+fn meta_json() -> Result<String, String> {
     let required: Vec<&str> = FIELDS
         .iter()
         .filter(|f| f.required)
         .map(|f| f.name)
+        .collect();
+    let label_patterns: Vec<Value> = METRIC_LABEL_PATTERNS
+        .iter()
+        .map(|(label, pattern)| json!({ "label": label, "pattern": pattern }))
         .collect();
     let meta = json!({
         "config_schema": {
@@ -124,10 +246,13 @@ fn meta_json() -> Result<String, serde_json::Error> {
             "type": "object",
             "required": required,
             "additionalProperties": false,
-            "properties": properties,
-        }
+            "properties": properties(FIELDS)?,
+        },
+        "metrics": {
+            "label_patterns": label_patterns,
+        },
     });
-    let mut out = serde_json::to_string_pretty(&meta)?;
+    let mut out = serde_json::to_string_pretty(&meta).map_err(|e| e.to_string())?;
     out.push('\n');
     Ok(out)
 }
@@ -148,8 +273,11 @@ fn lua_str(s: &str) -> String {
     out
 }
 
-fn lua_field(f: &FieldSpec) -> String {
+/// One field of `config` (`depth` 0) or of a record inside it, indented to match.
+fn lua_field(f: &FieldSpec, depth: usize) -> String {
+    let pad = " ".repeat(10 + 8 * depth);
     let mut attrs: Vec<String> = Vec::new();
+    let mut nested = String::new();
     match f.kind {
         FieldKind::String { .. } | FieldKind::Rule(_) => attrs.push("type = \"string\"".into()),
         FieldKind::Integer { min, max } => {
@@ -157,8 +285,24 @@ fn lua_field(f: &FieldSpec) -> String {
             attrs.push(format!("between = {{ {min}, {max} }}"));
         }
         FieldKind::Boolean => attrs.push("type = \"boolean\"".into()),
+        FieldKind::Object(fields) => {
+            attrs.push("type = \"record\"".into());
+            for inner in fields {
+                nested.push_str(&lua_field(inner, depth + 1));
+            }
+        }
+        FieldKind::HeaderList { max_items } => {
+            attrs.push("type = \"array\"".into());
+            attrs.push(
+                "elements = { type = \"string\", custom_validator = validate_header_name }".into(),
+            );
+            attrs.push(format!("len_max = {max_items}"));
+        }
     }
-    attrs.push(format!("required = {}", f.required));
+    // A record is required without a default: Kong (and Konnect) then store an absent
+    // record filled with its fields' defaults, which config::parse accepts.
+    let required = f.required || matches!(f.kind, FieldKind::Object(_));
+    attrs.push(format!("required = {required}"));
     if let Some(d) = f.default {
         attrs.push(format!("default = {}", default_lua(d)));
     }
@@ -173,17 +317,101 @@ fn lua_field(f: &FieldSpec) -> String {
         attrs.push(format!("custom_validator = {v}"));
     }
     attrs.push(format!("description = {}", lua_str(f.description)));
-    let origin = match f.lua {
-        Some(l) if l == f.name => "Lua ping-auth: same field".to_string(),
-        Some(l) => format!("Lua ping-auth: {l}"),
-        None => "added by ping_auth (not in the Lua plugin)".to_string(),
-    };
-    let mut out = format!("          -- {origin}\n          {{ {} = {{\n", f.name);
-    for a in attrs {
-        out.push_str(&format!("              {a},\n"));
+    let mut out = String::new();
+    if depth == 0 {
+        let origin = match f.lua {
+            Some(l) if l == f.name => "Lua ping-auth: same field".to_string(),
+            Some(l) => format!("Lua ping-auth: {l}"),
+            None => "added by ping_auth (not in the Lua plugin)".to_string(),
+        };
+        out.push_str(&format!("{pad}-- {origin}\n"));
     }
-    out.push_str("          } },\n");
+    out.push_str(&format!("{pad}{{ {} = {{\n", f.name));
+    for a in attrs {
+        out.push_str(&format!("{pad}    {a},\n"));
+    }
+    if !nested.is_empty() {
+        out.push_str(&format!("{pad}    fields = {{\n{nested}{pad}    }},\n"));
+    }
+    out.push_str(&format!("{pad}}} }},\n"));
     out
+}
+
+/// The validators rendered from `FIELDS`: the header lists' duplicate check and the
+/// `cache` key rule, with the parser's messages and the fields' defaults.
+fn lua_generated_validators() -> Result<String, String> {
+    let mut out = String::new();
+    if FIELDS.iter().any(|f| has_header_list(f.kind)) {
+        out.push_str(&format!(
+            r#"
+-- A header list, as config::parse: no name twice, compared case-insensitively (the
+-- items are checked by validate_header_name first).
+local function validate_header_list(value)
+  local seen = {{}}
+  for _, name in ipairs(value) do
+    local lower = name:lower()
+    if seen[lower] then
+      return nil, {dup} .. lower
+    end
+    seen[lower] = true
+  end
+  return true
+end
+"#,
+            dup = lua_str(DUPLICATE_HEADER_NAME)
+        ));
+    }
+    let Some(cache) = FIELDS.iter().find(|f| f.name == "cache") else {
+        return Ok(out);
+    };
+    let FieldKind::Object(fields) = cache.kind else {
+        return Err("cache must be an object".into());
+    };
+    let enabled = default_flag(cache_field(fields, "enabled")?)?;
+    let mut flags = Vec::new();
+    for name in CACHE_KEY_FLAGS {
+        let f = cache_field(fields, name)?;
+        flags.push(format!("part({}, {})", lua_str(f.name), default_flag(f)?));
+    }
+    let list = cache_field(fields, CACHE_KEY_HEADER_LIST)?;
+    out.push_str(&format!(
+        r#"
+-- cache, as config::parse: an enabled cache whose key selects nothing is refused. A
+-- part that is nil or null takes its default.
+local function validate_cache(value)
+  local function part(name, default)
+    local v = value[name]
+    if v == nil or v == null then
+      return default
+    end
+    return v
+  end
+  if part("enabled", {enabled}) ~= true then
+    return true
+  end
+  if {flags} then
+    return true
+  end
+  if #part({list}, {default_list}) > 0 then
+    return true
+  end
+  return nil, {reason}
+end
+"#,
+        flags = flags.join(" or "),
+        list = lua_str(list.name),
+        default_list = lua_list(default_list(list)?),
+        reason = lua_str(CACHE_KEY_SELECTS_NOTHING),
+    ));
+    Ok(out)
+}
+
+fn has_header_list(kind: FieldKind) -> bool {
+    match kind {
+        FieldKind::HeaderList { .. } => true,
+        FieldKind::Object(fields) => fields.iter().any(|f| has_header_list(f.kind)),
+        _ => false,
+    }
 }
 
 const LUA_HEADER: &str = r##"-- Konnect custom-plugin schema for the ping_auth Wasm filter.
@@ -327,7 +555,9 @@ local function validate_secret(value)
   end
   return true
 end
+"##;
 
+const LUA_SCHEMA_OPEN: &str = r##"
 return {
   name = "ping_auth",
   fields = {
@@ -355,13 +585,15 @@ const LUA_FOOTER: &str = r#"        },
 }
 "#;
 
-fn schema_lua() -> String {
+fn schema_lua() -> Result<String, String> {
     let mut out = String::from(LUA_HEADER);
+    out.push_str(&lua_generated_validators()?);
+    out.push_str(LUA_SCHEMA_OPEN);
     for f in FIELDS {
-        out.push_str(&lua_field(f));
+        out.push_str(&lua_field(f, 0));
     }
     out.push_str(LUA_FOOTER);
-    out
+    Ok(out)
 }
 
 fn workspace_root() -> Result<PathBuf, String> {
@@ -374,7 +606,8 @@ fn workspace_root() -> Result<PathBuf, String> {
 fn run(check: bool) -> Result<bool, String> {
     let root = workspace_root()?;
     let meta = meta_json().map_err(|e| format!("cannot render {META_PATH}: {e}"))?;
-    let files = [(META_PATH, meta), (LUA_PATH, schema_lua())];
+    let lua = schema_lua().map_err(|e| format!("cannot render {LUA_PATH}: {e}"))?;
+    let files = [(META_PATH, meta), (LUA_PATH, lua)];
     let mut up_to_date = true;
     for (rel, content) in &files {
         let path = root.join(rel);
