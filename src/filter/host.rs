@@ -5,7 +5,7 @@
 //! refusal is logged and the exchange goes on. Dispatch, local responses,
 //! resuming and time use the SDK (its dispatcher must register each call).
 
-use crate::host::{self, Body, Dispatch, HeaderMap, Host, Map};
+use crate::host::{self, Body, Dispatch, HeaderMap, Host, Map, MetricKind};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,6 +63,9 @@ mod raw {
             data: *const u8,
             data_size: usize,
         ) -> u32;
+        fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+        fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
 
     const OK: u32 = 0;
@@ -135,6 +138,20 @@ mod raw {
         data: &[u8],
     ) -> Result<(), u32> {
         status(unsafe { proxy_set_buffer_bytes(buffer, start, size, data.as_ptr(), data.len()) })
+    }
+
+    pub fn define_metric(kind: u32, name: &str) -> Result<u32, u32> {
+        let mut id: u32 = 0;
+        status(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+        Ok(id)
+    }
+
+    pub fn increment_metric(id: u32, by: i64) -> Result<(), u32> {
+        status(unsafe { proxy_increment_metric(id, by) })
+    }
+
+    pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+        status(unsafe { proxy_record_metric(id, value) })
     }
 }
 
@@ -252,6 +269,26 @@ impl Host for ProxyHost {
 
     fn now(&mut self) -> SystemTime {
         hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+        let kind = match kind {
+            MetricKind::Counter => 0,
+            MetricKind::Histogram => 2,
+        };
+        raw::define_metric(kind, name).map_err(host::status_name)
+    }
+
+    fn increment_metric(&mut self, id: u32, by: i64) {
+        refused(raw::increment_metric(id, by), log::Level::Debug, || {
+            format!("to increment metric {id}")
+        });
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        refused(raw::record_metric(id, value), log::Level::Debug, || {
+            format!("to record metric {id}")
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 //! sets (header maps, properties, bodies, time), records every action the
 //! filter asks of it, and captures the log lines written through `log`.
 
-use super::{Body, Dispatch, HeaderMap, Host, Map};
+use super::{Body, Dispatch, HeaderMap, Host, Map, MetricKind};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Once;
@@ -62,6 +62,12 @@ pub struct MockHost {
     pub now: Option<SystemTime>,
     pub effects: Vec<Effect>,
     next_token: u32,
+    /// Defined metrics: name, kind, and the counter's value or every value
+    /// recorded. The id is the position.
+    pub metrics: Vec<(String, MetricKind, Vec<u64>)>,
+    /// Every increment asked for, by id, in order (also for ids this host did
+    /// not define: the exchange's metric ids come from the root's host).
+    pub metric_increments: Vec<(u32, i64)>,
 }
 
 impl MockHost {
@@ -137,6 +143,23 @@ impl MockHost {
                 |e| matches!(e, Effect::SetHeader(m, ..) | Effect::AddHeader(m, ..) if *m == map),
             )
             .collect()
+    }
+
+    /// A counter's value (0 when undefined or never incremented).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.metrics
+            .iter()
+            .find(|(n, k, _)| n == name && *k == MetricKind::Counter)
+            .map_or(0, |(_, _, v)| v.iter().sum())
+    }
+
+    /// Every value a histogram recorded.
+    pub fn recorded(&self, name: &str) -> Vec<u64> {
+        self.metrics
+            .iter()
+            .find(|(n, k, _)| n == name && *k == MetricKind::Histogram)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_default()
     }
 
     /// The last dispatch's token.
@@ -252,6 +275,27 @@ impl Host for MockHost {
     fn now(&mut self) -> SystemTime {
         self.now
             .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+        if let Some(i) = self.metrics.iter().position(|(n, _, _)| n == name) {
+            return u32::try_from(i).map_err(|e| e.to_string());
+        }
+        self.metrics.push((name.to_string(), kind, Vec::new()));
+        u32::try_from(self.metrics.len() - 1).map_err(|e| e.to_string())
+    }
+
+    fn increment_metric(&mut self, id: u32, by: i64) {
+        self.metric_increments.push((id, by));
+        if let Some((_, _, v)) = self.metrics.get_mut(id as usize) {
+            v.push(u64::try_from(by).unwrap_or(0));
+        }
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        if let Some((_, _, v)) = self.metrics.get_mut(id as usize) {
+            v.push(value);
+        }
     }
 }
 

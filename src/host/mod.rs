@@ -37,6 +37,13 @@ pub enum Action {
     Pause,
 }
 
+/// The kind of a host metric (`proxy_define_metric`'s type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
 /// A header map as the host handed it over: names as text (lossy), values as
 /// bytes, and the number of pairs the host declared. The two counts differ
 /// when the host truncated the map (Kong's host declares 100 and writes fewer
@@ -137,6 +144,12 @@ pub trait Host {
     /// Lets a paused request go on to the upstream.
     fn resume_request(&mut self);
     fn now(&mut self) -> SystemTime;
+    /// Defines (or finds) a metric by name; its id, or the host's reason.
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, String>;
+    /// Adds to a counter defined by [`Host::define_metric`].
+    fn increment_metric(&mut self, id: u32, by: i64);
+    /// Records a value in a histogram defined by [`Host::define_metric`].
+    fn record_metric(&mut self, id: u32, value: u64);
 }
 
 /// Names a proxy-wasm status code for log lines.
