@@ -16,6 +16,7 @@
 //!
 //! `filter` is the proxy-wasm adapter, compiled only for `wasm32`.
 
+pub mod cache;
 pub mod cert;
 pub mod config;
 pub mod debug;
@@ -24,6 +25,7 @@ pub mod failure;
 pub mod host;
 pub mod http;
 pub mod local_reply;
+pub mod metrics;
 pub mod protocol;
 pub mod slots;
 pub mod upstream;

@@ -421,3 +421,122 @@ fn sixteen_keepalive_clients_chunked_requests_hook_off() {
         "one gate call each, and a second for the allowed ones with a body"
     );
 }
+
+/// The decision cache under load: 16 keep-alive clients, 8 tokens keyed by
+/// the `x-token` header alone (every request has its own path). Even tokens
+/// are allowed with `x-who: <token>` added, odd ones denied with the token
+/// in the body (denies cached too). Every client must get its own token's
+/// decision, never another's; the policy server is asked only for the first
+/// requests of each token (at most one per client racing on a cold entry).
+#[test]
+fn sixteen_keepalive_clients_through_the_decision_cache() {
+    fn cached_policy(req: &Request) -> Response {
+        let mut v: Value = req.json().unwrap_or(Value::Null);
+        let token = v["headers"]
+            .as_array()
+            .and_then(|hs| hs.iter().find_map(|h| h["x-token"].as_str()))
+            .unwrap_or("")
+            .to_string();
+        let n: usize = token.trim_start_matches('t').parse().unwrap_or(1);
+        if n % 2 == 1 {
+            return Response::json(
+                200,
+                &json!({"response": {"response_code": "403", "response_status": "FORBIDDEN",
+                    "headers": [{"content-type": "text/plain"}], "body": format!("no {token}")}}),
+            );
+        }
+        v["headers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"x-who": token}));
+        Response::json(200, &v)
+    }
+    const TOKENS: usize = 8;
+    let pdp = Pdp::start(cached_policy);
+    let upstream = upstream();
+    let cfg = config(
+        pdp.port(),
+        json!({"enable_response_hook": false, "cache": {"enabled": true, "cache_denies": true,
+            "key_method": false, "key_path": false, "key_headers": ["x-token"]}}),
+    );
+    let (emu, chain) = emulator(
+        HostOptions::default(),
+        service(upstream.addr().port()),
+        route(),
+        cfg.to_string().into_bytes(),
+    );
+    let gateway = Gateway::start(emu, chain, "127.0.0.1:0", 8000, None).unwrap();
+    let addr = gateway.addr();
+    let (clients, per_client) = (16, 100);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut problems = Vec::new();
+                let mut conn = Connection::connect(addr, None, Duration::from_secs(60)).unwrap();
+                for n in 0..per_client {
+                    let t = (c + n) % TOKENS;
+                    let token = format!("t{t}");
+                    let target = format!("/cached/{c}/{n}");
+                    let resp = conn
+                        .send("GET", &target, &[("x-token", token.as_str())], b"")
+                        .unwrap();
+                    let ok = if t % 2 == 1 {
+                        resp.status == 403 && resp.body == format!("no {token}").as_bytes()
+                    } else {
+                        let echo: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+                        let who: Vec<&str> = echo["headers"]
+                            .as_array()
+                            .map(|hs| {
+                                hs.iter()
+                                    .filter(|h| {
+                                        h[0].as_str()
+                                            .is_some_and(|n| n.eq_ignore_ascii_case("x-who"))
+                                    })
+                                    .filter_map(|h| h[1].as_str())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        resp.status == 200 && who == [token.as_str()] && echo["path"] == target
+                    };
+                    if !ok {
+                        problems.push(format!(
+                            "{target} ({token}): {} {:?}",
+                            resp.status,
+                            String::from_utf8_lossy(&resp.body)
+                        ));
+                    }
+                }
+                problems
+            })
+        })
+        .collect();
+    let problems: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let emu = gateway.stop().expect("the worker hands the emulator back");
+    assert!(
+        problems.is_empty(),
+        "{} problems: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+    assert_eq!(emu.stats().traps, 0);
+    assert_eq!(emu.stats().host_faults, 0);
+    let total = clients * per_client;
+    assert_eq!(upstream.requests().len(), total / 2, "exactly the allowed");
+    let calls = pdp.calls("/sideband/request").len();
+    assert!(
+        (TOKENS..=TOKENS * clients).contains(&calls),
+        "{calls} policy calls for {TOKENS} tokens"
+    );
+    let hits = emu
+        .metric("pw:ping_auth:cache_hits_total")
+        .and_then(|m| m.number())
+        .unwrap_or(0);
+    assert_eq!(
+        hits as usize + calls,
+        total,
+        "every request a hit or a call"
+    );
+}

@@ -12,10 +12,10 @@ pub mod wasm;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use ping_auth::config;
-use ping_auth::exchange::Exchange;
-use ping_auth::failure::backoff::Backoff;
+use ping_auth::exchange::{Exchange, Shared};
 use ping_auth::host::mock::{capture_logs, logs, Effect, MockHost};
 use ping_auth::host::{Action, Map};
+use ping_auth::metrics::Metrics;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -351,8 +351,8 @@ fn run(config_text: &str, story: &Story) -> Ending {
     let Ok(config) = config::parse(config_text.as_bytes()) else {
         panic!("the fuzz configuration must parse: {config_text}");
     };
-    let backoff = Rc::new(RefCell::new(Backoff::default()));
-    let mut x = Exchange::new(Some(Rc::new(config)), backoff);
+    let shared = Rc::new(Shared::new(Some(&config), Metrics::default()));
+    let mut x = Exchange::new(Some(Rc::new(config)), shared);
     let mut h = story.client.host();
 
     let mut action = x.on_request_headers(&mut h);

@@ -6,14 +6,16 @@
 use crate::failure::policy::Class;
 use crate::failure::Failure;
 use crate::host::{Host, Map};
+use crate::http::Header;
 use crate::protocol::decision::{Directives, HeaderOp};
-use crate::protocol::request::ClientRequest;
 use crate::slots::{self, HeaderFix};
 use crate::upstream;
 
 /// Applies `d` to the proxied request. A body change cannot be applied on
 /// this host (the body step has passed when the reply arrives).
-pub fn apply(h: &mut dyn Host, sent: &ClientRequest, d: &Directives) -> Result<(), Failure> {
+/// `sent`: the request headers the decision was taken on (or, for a cached
+/// decision, the current request's), which say whether a header is set or added.
+pub fn apply(h: &mut dyn Host, sent: &[Header], d: &Directives) -> Result<(), Failure> {
     if d.body.is_some() {
         return Err(Failure::BodyChangeUnsupported);
     }
@@ -23,7 +25,7 @@ pub fn apply(h: &mut dyn Host, sent: &ClientRequest, d: &Directives) -> Result<(
         .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"))
         .cloned()
         .collect();
-    let (fixes, warnings) = slots::request_changes(&ops, &sent.headers);
+    let (fixes, warnings) = slots::request_changes(&ops, sent);
     for w in &warnings {
         log::warn!("{w}");
     }

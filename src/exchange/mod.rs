@@ -25,6 +25,7 @@
 //! - [`verdict`]: shadow mode, and the operator's policy for failures of the
 //!   policy server (deny, or let the request through marked).
 
+mod cached;
 mod deliver;
 mod forward;
 mod hook;
@@ -33,6 +34,7 @@ mod read;
 mod tests;
 mod verdict;
 
+use crate::cache::DecisionCache;
 use crate::config::Config;
 use crate::debug;
 use crate::failure::backoff::Backoff;
@@ -40,6 +42,7 @@ use crate::failure::policy::{Class, FailurePolicy, Verdict};
 use crate::failure::{Call, Failure};
 use crate::host::{Action, Body, Dispatch, Host, Map};
 use crate::http::Reply;
+use crate::metrics::{self, Metric, Metrics, Outcome};
 use crate::protocol::decision::{self, CallResult, Directives, HeaderOp, RequestOutcome};
 use crate::protocol::reply::Members;
 use crate::protocol::request::Payload;
@@ -90,23 +93,64 @@ enum Stage {
     Replied(Delivery),
 }
 
+/// What the requests of one filter configuration share within a worker
+/// (the root context holds it): the 429 back-off, the decision cache, the
+/// metric ids.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub backoff: RefCell<Backoff>,
+    /// `None` when the cache is off, or cannot be used with this
+    /// configuration (response hook on, shadow mode).
+    pub cache: RefCell<Option<DecisionCache>>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(config: Option<&Config>, metrics: Metrics) -> Shared {
+        let cache = config
+            .filter(|c| !c.enable_response_hook && !c.shadow)
+            .and_then(|c| c.cache.clone())
+            .map(DecisionCache::new);
+        Shared {
+            backoff: RefCell::default(),
+            cache: RefCell::new(cache),
+            metrics,
+        }
+    }
+}
+
 pub struct Exchange {
     config: Option<Rc<Config>>,
-    backoff: Rc<RefCell<Backoff>>,
+    shared: Rc<Shared>,
     stage: Stage,
     /// Shadow mode: the request's `shadow:` line until it is complete.
     shadow_note: Option<String>,
+    /// The request's outcome was counted (one per request).
+    counted: bool,
 }
 
 impl Exchange {
     /// `config` is `None` when the filter's configuration was refused: every
     /// request is then answered 500.
-    pub fn new(config: Option<Rc<Config>>, backoff: Rc<RefCell<Backoff>>) -> Self {
+    pub fn new(config: Option<Rc<Config>>, shared: Rc<Shared>) -> Self {
         Exchange {
             config,
-            backoff,
+            shared,
             stage: Stage::Start,
             shadow_note: None,
+            counted: false,
+        }
+    }
+
+    fn count(&self, h: &mut dyn Host, m: Metric) {
+        self.shared.metrics.count(h, m);
+    }
+
+    /// Counts what the client got, once per request.
+    fn outcome(&mut self, h: &mut dyn Host, o: Outcome) {
+        if !self.counted {
+            self.counted = true;
+            self.count(h, Metric::Decisions(o));
         }
     }
 
@@ -128,7 +172,12 @@ impl Exchange {
             );
             return Action::Pause;
         };
-        match read::client_request(h, &config.failure_policy.marker_header) {
+        let map = h.header_map(Map::RequestHeaders);
+        let cache_key = match self.lookup_headers(h, &config, &map) {
+            Ok(key) => key,
+            Err(action) => return action,
+        };
+        match read::client_request(h, &map, &config.failure_policy.marker_header) {
             Err(f) if config.shadow => self.shadow_pass(&f),
             Err(f) => {
                 self.fail(h, f);
@@ -151,6 +200,7 @@ impl Exchange {
             }
             Ok((mut seen, _)) => {
                 seen.request.body = Some(Vec::new());
+                seen.cache_key = cache_key;
                 self.ask_policy(h, &config, seen, false)
             }
         }
@@ -175,9 +225,12 @@ impl Exchange {
                     );
                 }
                 seen.request.body = body;
-                match self.config.clone() {
-                    Some(config) => self.ask_policy(h, &config, *seen, false),
-                    None => Action::Pause,
+                let Some(config) = self.config.clone() else {
+                    return Action::Pause;
+                };
+                match self.lookup_body(h, &config, &mut seen) {
+                    Some(action) => action,
+                    None => self.ask_policy(h, &config, *seen, false),
                 }
             }
             Stage::Forwarded if size > 0 && !self.shadow() => {
@@ -235,7 +288,7 @@ impl Exchange {
         payload: &str,
         now: SystemTime,
     ) -> Result<u32, Failure> {
-        if let Some(secs) = self.backoff.borrow_mut().remaining(now) {
+        if let Some(secs) = self.shared.backoff.borrow_mut().remaining(now) {
             return Err(Failure::RateLimited {
                 retry_after_secs: secs,
                 from_provider: false,
@@ -266,11 +319,36 @@ impl Exchange {
             body: payload.as_bytes(),
             timeout: Duration::from_millis(u64::from(config.connection_timeout_ms)),
         };
-        h.dispatch(call).map_err(|reason| Failure::Unreachable {
+        let result = h.dispatch(call).map_err(|reason| Failure::Unreachable {
             call: endpoint.call,
             target: config.sideband_authority.clone(),
             detail: format!("the host refused the call ({reason})"),
-        })
+        });
+        if result.is_err() {
+            self.count(
+                h,
+                Metric::SidebandCalls(metric_endpoint(endpoint.call), Some(Class::Unreachable)),
+            );
+        }
+        result
+    }
+
+    /// A sideband call came back: its result and latency.
+    fn count_call<T>(
+        &self,
+        h: &mut dyn Host,
+        call: Call,
+        asked: SystemTime,
+        result: &Result<T, Failure>,
+    ) {
+        let endpoint = metric_endpoint(call);
+        let class = result.as_ref().err().and_then(Class::of);
+        self.count(h, Metric::SidebandCalls(endpoint, class));
+        let ms = h
+            .now()
+            .duration_since(asked)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.shared.metrics.record(h, Metric::Latency(endpoint), ms);
     }
 
     /// A dispatch finished. A reply for a call this request no longer waits
@@ -327,7 +405,12 @@ impl Exchange {
                             }
                         }
                     }
-                    Err(f) => self.fail(h, f),
+                    Err(f) => {
+                        if let Some(e) = metrics::upstream_error(&f) {
+                            self.count(h, Metric::UpstreamErrors(e));
+                        }
+                        self.fail(h, f)
+                    }
                 }
             }
             Stage::Deciding {
@@ -343,6 +426,10 @@ impl Exchange {
                         let literal = sent.body_literal();
                         decision::interpret(&members, &seen.request, literal, self.debug_enabled())
                     });
+                self.count_call(h, Call::Request, asked, &outcome);
+                let cache_ttl = seen
+                    .cache_key
+                    .and_then(|_| cached::reply_ttl(&config, &map));
                 match outcome {
                     outcome if gate => {
                         if self.gate_decided(h, &config, seen, outcome) == Action::Continue {
@@ -357,12 +444,17 @@ impl Exchange {
                         }
                     }
                     Ok(outcome) if config.shadow => {
+                        let said = match outcome {
+                            RequestOutcome::Allow(_) => Outcome::Allow,
+                            RequestOutcome::Deny(_) => Outcome::Deny,
+                        };
+                        self.outcome(h, said);
                         self.shadow_decided(h, verdict::decision_fields(&outcome), asked);
                         if self.let_through(h, &config, seen, sent, None) == Action::Continue {
                             h.resume_request();
                         }
                     }
-                    Ok(outcome) => self.decided(h, &config, seen, sent, outcome),
+                    Ok(outcome) => self.decided(h, &config, seen, sent, outcome, cache_ttl),
                 }
             }
             Stage::Responding {
@@ -374,6 +466,7 @@ impl Exchange {
                 let outcome = self
                     .checked(h, &config, Call::Response, reply)
                     .and_then(|members| response_hook::client_response(&members, &upstream));
+                self.count_call(h, Call::Response, asked, &outcome);
                 match outcome {
                     Ok(reply) if config.shadow => {
                         self.shadow_responded(h, Ok(&reply), asked);
@@ -434,6 +527,7 @@ impl Exchange {
     ) -> Action {
         let marker = match outcome {
             Ok(RequestOutcome::Deny(reply)) => {
+                self.outcome(h, Outcome::Deny);
                 self.send(h, reply);
                 return Action::Pause;
             }
@@ -441,13 +535,15 @@ impl Exchange {
                 for w in &d.warnings {
                     log::warn!("{w}");
                 }
-                if let Err(f) = forward::apply(h, &seen.request, &d) {
+                if let Err(f) = forward::apply(h, &seen.request.headers, &d) {
                     self.fail(h, f);
                     return Action::Pause;
                 }
+                self.outcome(h, Outcome::Allow);
                 None
             }
             Err(failure) => {
+                self.outcome(h, metrics::outcome_of(&failure));
                 self.record(h, &failure);
                 match config
                     .failure_policy
@@ -479,6 +575,8 @@ impl Exchange {
     }
 
     /// Acts on the policy's decision.
+    /// `cache_ttl`: how long the decision may be cached (a cache miss whose
+    /// reply allows it).
     fn decided(
         &mut self,
         h: &mut dyn Host,
@@ -486,7 +584,9 @@ impl Exchange {
         seen: Box<Seen>,
         sent: Payload,
         outcome: RequestOutcome,
+        cache_ttl: Option<u32>,
     ) {
+        let key = seen.cache_key.zip(cache_ttl);
         match outcome {
             RequestOutcome::Deny(reply) => {
                 if config.enable_debug_logging {
@@ -494,6 +594,10 @@ impl Exchange {
                         "Request authorization denied by the policy provider, returning status {} to client.",
                         reply.status
                     );
+                }
+                self.outcome(h, Outcome::Deny);
+                if let Some((key, ttl)) = key {
+                    self.store_deny(h, key, &reply, ttl);
                 }
                 self.send(h, reply);
             }
@@ -506,9 +610,17 @@ impl Exchange {
                         log::debug!("{n}");
                     }
                 }
+                let keep = key.and_then(|k| cached::storable(&d).then(|| (k, d.clone())));
                 match self.proceed(h, config, seen, sent, d, None) {
-                    Ok(Action::Continue) => h.resume_request(),
-                    Ok(Action::Pause) => {}
+                    Ok(action) => {
+                        self.outcome(h, Outcome::Allow);
+                        if let Some(((key, ttl), d)) = keep {
+                            self.store_allow(h, key, d, ttl);
+                        }
+                        if action == Action::Continue {
+                            h.resume_request();
+                        }
+                    }
                     Err(f) => self.fail(h, f),
                 }
             }
@@ -530,7 +642,7 @@ impl Exchange {
         marker: Option<Class>,
     ) -> Result<Action, Failure> {
         if !config.enable_response_hook {
-            forward::apply(h, &seen.request, &d)?;
+            forward::apply(h, &seen.request.headers, &d)?;
             forward::mark(
                 h,
                 &config.failure_policy.marker_header,
@@ -559,6 +671,7 @@ impl Exchange {
 
     /// The failure policy applied: its log line, its back-off, its reply.
     fn fail(&mut self, h: &mut dyn Host, failure: Failure) {
+        self.outcome(h, metrics::outcome_of(&failure));
         self.record(h, &failure);
         let reply = failure.reply();
         // Shadow mode with the response hook: the upstream call failed.
@@ -619,5 +732,12 @@ impl Exchange {
             delivery.on_chunk(h, size);
         }
         Action::Continue
+    }
+}
+
+fn metric_endpoint(call: Call) -> metrics::Endpoint {
+    match call {
+        Call::Request => metrics::Endpoint::Request,
+        Call::Response => metrics::Endpoint::Response,
     }
 }

@@ -3,9 +3,10 @@
 //! Kong's properties), every raw header for the response hook, and whether a
 //! body step follows.
 
+use crate::cache::Key;
 use crate::cert;
 use crate::failure::Failure;
-use crate::host::{Host, Map};
+use crate::host::{HeaderMap, Host};
 use crate::http::Header;
 use crate::protocol::request::{self, ClientRequest, MAX_HEADERS};
 use crate::url::strip_port;
@@ -26,6 +27,9 @@ pub struct Seen {
     /// Lines of the failure policy's marker header the client sent itself
     /// (never shown to the policy server, never passed on as sent).
     pub client_markers: usize,
+    /// The decision cache's key for this request, when its decision may be
+    /// cached (a miss); stale-if-error looks it up again.
+    pub cache_key: Option<Key>,
 }
 
 /// How the client announced its body.
@@ -40,12 +44,51 @@ pub enum Announced {
     Unsized,
 }
 
-/// The client request, and how its body was announced. `marker`: the failure
-/// policy's marker header, which is the filter's to set, so a client's own is
-/// left out.
-pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, Announced), Failure> {
-    let map = h.header_map(Map::RequestHeaders);
-    if request::header_map_may_be_truncated(map.declared.max(map.pairs.len())) {
+/// The request's headers as the policy server sees them (no pseudo-headers,
+/// without the failure policy's `marker` header), and how many marker lines
+/// the client sent.
+pub fn headers_of(map: &HeaderMap, marker: &str) -> (Vec<Header>, usize) {
+    let mut all: Vec<Header> = map
+        .pairs
+        .iter()
+        .filter(|(n, _)| !n.starts_with(':'))
+        .map(|(n, v)| Header::new(n, v.clone()))
+        .collect();
+    let before = all.len();
+    all.retain(|h| h.name != marker);
+    let markers = before - all.len();
+    (all, markers)
+}
+
+/// True when the host may have shown only part of the request's headers.
+pub fn truncated(map: &HeaderMap) -> bool {
+    request::header_map_may_be_truncated(map.declared.max(map.pairs.len()))
+}
+
+/// How the request announces its body.
+pub fn announced(map: &HeaderMap) -> Announced {
+    let by_length = map
+        .text("content-length")
+        .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+        .unwrap_or(false);
+    if by_length {
+        Announced::Length
+    } else if map.get("transfer-encoding").is_some() {
+        Announced::Unsized
+    } else {
+        Announced::None
+    }
+}
+
+/// The client request (from its header map, read once by the caller), and
+/// how its body was announced. `marker`: the failure policy's marker
+/// header, which is the filter's to set, so a client's own is left out.
+pub fn client_request(
+    h: &mut dyn Host,
+    map: &HeaderMap,
+    marker: &str,
+) -> Result<(Seen, Announced), Failure> {
+    if truncated(map) {
         return Err(Failure::TooManyHeaders {
             visible: map
                 .pairs
@@ -55,15 +98,7 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, Announced
         });
     }
     let method = map.text(":method").unwrap_or_default();
-    let mut all_headers: Vec<Header> = map
-        .pairs
-        .iter()
-        .filter(|(n, _)| !n.starts_with(':'))
-        .map(|(n, v)| Header::new(n, v.clone()))
-        .collect();
-    let before = all_headers.len();
-    all_headers.retain(|h| h.name != marker);
-    let client_markers = before - all_headers.len();
+    let (all_headers, client_markers) = headers_of(map, marker);
     let client_host = map.text("host").unwrap_or_default();
 
     let client_target = h
@@ -109,17 +144,7 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, Announced
         _ => None,
     };
 
-    let by_length = map
-        .text("content-length")
-        .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
-        .unwrap_or(false);
-    let announced = if by_length {
-        Announced::Length
-    } else if map.get("transfer-encoding").is_some() {
-        Announced::Unsized
-    } else {
-        Announced::None
-    };
+    let announced = announced(map);
 
     let request = ClientRequest {
         source_ip,
@@ -151,11 +176,7 @@ pub fn client_request(h: &mut dyn Host, marker: &str) -> Result<(Seen, Announced
 /// integer (Envoy).
 fn source(h: &mut dyn Host) -> (String, String) {
     let address = h.property_text(&["source", "address"]).unwrap_or_default();
-    let (mut ip, mut port) = (address.clone(), String::new());
-    if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
-        ip = sa.ip().to_string();
-        port = sa.port().to_string();
-    }
+    let (ip, mut port) = split_address(&address);
     if let Some(p) = h.property(&["source", "port"]) {
         if !p.is_empty() && p.iter().all(u8::is_ascii_digit) {
             port = String::from_utf8_lossy(&p).into_owned();
@@ -164,4 +185,18 @@ fn source(h: &mut dyn Host) -> (String, String) {
         }
     }
     (ip, port)
+}
+
+/// `source.address` as an IP and a port (empty when not given).
+fn split_address(address: &str) -> (String, String) {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(sa) => (sa.ip().to_string(), sa.port().to_string()),
+        Err(_) => (address.to_string(), String::new()),
+    }
+}
+
+/// The client's IP alone (the cache key's `key_client_ip`).
+pub fn client_ip(h: &mut dyn Host) -> String {
+    let address = h.property_text(&["source", "address"]).unwrap_or_default();
+    split_address(&address).0
 }

@@ -10,17 +10,14 @@ use std::time::{Duration, SystemTime};
 
 const SECRET: &str = "s3cr3t-value";
 
-fn exchange_with(extra: &str) -> (Exchange, Rc<RefCell<Backoff>>) {
+fn exchange_with(extra: &str) -> (Exchange, Rc<Shared>) {
     let sep = if extra.is_empty() { "" } else { "," };
     let text = format!(
         r#"{{"service_url":"https://pdp:8443/base","shared_secret":"{SECRET}","secret_header_name":"CLIENT-TOKEN"{sep}{extra}}}"#
     );
     let config = config::parse(text.as_bytes()).unwrap();
-    let backoff = Rc::new(RefCell::new(Backoff::default()));
-    (
-        Exchange::new(Some(Rc::new(config)), backoff.clone()),
-        backoff,
-    )
+    let shared = Rc::new(Shared::new(Some(&config), Metrics::default()));
+    (Exchange::new(Some(Rc::new(config)), shared.clone()), shared)
 }
 
 /// Response hook off (it is on by default, as in the Lua plugin).
@@ -357,7 +354,7 @@ fn requests_the_host_cannot_describe_are_refused_before_any_call() {
     assert_eq!(sent_status(&h), Some(400));
     assert!(h.dispatches().is_empty());
     // No valid configuration: 500.
-    let mut x = Exchange::new(None, Rc::new(RefCell::new(Backoff::default())));
+    let mut x = Exchange::new(None, Rc::default());
     let mut h = get();
     x.on_request_headers(&mut h);
     assert_eq!(sent_status(&h), Some(500));
@@ -917,4 +914,328 @@ fn shadow_mode_with_the_hook_posts_the_real_response_and_discards_the_reply() {
         .iter()
         .any(|(_, m)| m.starts_with("shadow: decision=allow")
             && m.contains("response_decision=replace response_status=403")));
+}
+
+// ---- The decision cache and the metrics -------------------------------------
+
+fn cache_spec() -> crate::config::CacheConfig {
+    crate::config::CacheConfig {
+        ttl_secs: 60,
+        max_entries: 100,
+        stale_if_error_secs: 30,
+        cache_denies: false,
+        key_method: true,
+        key_path: true,
+        key_query: true,
+        key_headers: vec!["authorization".into()],
+        key_client_ip: false,
+        key_body: false,
+    }
+}
+
+/// A worker's shared state with the cache on (`spec`), hook off.
+fn cached_worker(spec: crate::config::CacheConfig, extra: &str) -> (Rc<Config>, Rc<Shared>) {
+    let sep = if extra.is_empty() { "" } else { "," };
+    let text = format!(
+        r#"{{"service_url":"https://pdp:8443/base","shared_secret":"{SECRET}","secret_header_name":"CLIENT-TOKEN",{HOOK_OFF}{sep}{extra}}}"#
+    );
+    let mut config = config::parse(text.as_bytes()).unwrap();
+    config.cache = Some(spec);
+    let mut metrics_host = MockHost::default();
+    let metrics = Metrics::define(&mut metrics_host);
+    let shared = Rc::new(Shared::new(Some(&config), metrics));
+    (Rc::new(config), shared)
+}
+
+fn token_get(token: &str, at: u64) -> MockHost {
+    let mut h = MockHost::request(
+        "GET",
+        "/things?a=1",
+        &[("host", "api.example"), ("Authorization", token)],
+    );
+    h.now = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + at));
+    h
+}
+
+/// A policy reply: status (`None`: the call failed), headers, and the change
+/// made to the echoed payload.
+type PolicyReply<'a> = (
+    Option<u16>,
+    &'a [(&'a str, &'a str)],
+    &'a dyn Fn(&mut Value),
+);
+
+/// One request through a fresh exchange of the worker; the policy (when
+/// called) answers with `reply`.
+fn through(
+    worker: &(Rc<Config>, Rc<Shared>),
+    mut h: MockHost,
+    reply: Option<PolicyReply<'_>>,
+) -> MockHost {
+    let mut x = Exchange::new(Some(worker.0.clone()), worker.1.clone());
+    if x.on_request_headers(&mut h) == Action::Continue {
+        return h;
+    }
+    if let (Some((status, headers, change)), false) = (reply, h.dispatches().is_empty()) {
+        let mut body = posted(&h);
+        change(&mut body);
+        answer(&mut x, &mut h, status, headers, body.to_string().as_bytes());
+    }
+    h
+}
+
+fn add_header(v: &mut Value) {
+    v["headers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"x-user": "alice"}));
+}
+
+#[test]
+fn a_cached_allow_is_replayed_without_a_call_and_changes_what_a_fresh_one_did() {
+    let w = cached_worker(cache_spec(), "");
+    let fresh = through(
+        &w,
+        token_get("Bearer A", 0),
+        Some((Some(200), &[], &add_header)),
+    );
+    assert_eq!(fresh.dispatches().len(), 1);
+    assert!(fresh.resumed());
+    let cached = through(&w, token_get("Bearer A", 1), None);
+    assert!(cached.dispatches().is_empty(), "a hit makes no call");
+    // The same changes to the request, in the same order.
+    assert_eq!(
+        cached.changes(Map::RequestHeaders),
+        fresh.changes(Map::RequestHeaders)
+    );
+    assert!(!cached.changes(Map::RequestHeaders).is_empty());
+    // Another token never shares the decision.
+    let other = through(
+        &w,
+        token_get("Bearer B", 2),
+        Some((Some(200), &[], &|_| {})),
+    );
+    assert_eq!(other.dispatches().len(), 1);
+    // Past the TTL: a call again.
+    let expired = through(
+        &w,
+        token_get("Bearer A", 61),
+        Some((Some(200), &[], &|_| {})),
+    );
+    assert_eq!(expired.dispatches().len(), 1);
+}
+
+#[test]
+fn cache_metrics_count_hits_misses_stores_and_decisions() {
+    let w = cached_worker(cache_spec(), "");
+    // The metric host is per request in the mock: count across hosts.
+    let hs = [
+        through(
+            &w,
+            token_get("Bearer A", 0),
+            Some((Some(200), &[], &|_| {})),
+        ),
+        through(&w, token_get("Bearer A", 1), None),
+        through(&w, token_get("Bearer A", 2), None),
+    ];
+    // Every request's host got the increments of its own request; the ids are
+    // the definition's positions in `Metric::all()`.
+    let all = crate::metrics::Metric::all();
+    let id = |m: Metric| all.iter().position(|x| *x == m).unwrap();
+    let incs = |h: &MockHost, m: Metric| {
+        h.metric_increments
+            .iter()
+            .filter(|(i, _)| *i as usize == id(m))
+            .map(|(_, by)| *by)
+            .sum::<i64>()
+    };
+    assert_eq!(incs(&hs[0], Metric::CacheMisses), 1);
+    assert_eq!(incs(&hs[0], Metric::CacheStores), 1);
+    assert_eq!(incs(&hs[0], Metric::Decisions(Outcome::Allow)), 1);
+    assert_eq!(
+        incs(
+            &hs[0],
+            Metric::SidebandCalls(metrics::Endpoint::Request, None)
+        ),
+        1
+    );
+    for h in &hs[1..] {
+        assert_eq!(incs(h, Metric::CacheHits), 1);
+        assert_eq!(incs(h, Metric::CacheMisses), 0);
+        assert_eq!(incs(h, Metric::Decisions(Outcome::Allow)), 1);
+        assert!(h.dispatches().is_empty());
+    }
+}
+
+#[test]
+fn denies_are_cached_only_when_enabled_and_replayed_exactly() {
+    let deny = |v: &mut Value| {
+        *v = json!({"response": {"response_code": "403", "response_status": "FORBIDDEN",
+            "headers": [{"www-authenticate": "Bearer"}], "body": "{\"no\":1}"}});
+    };
+    let w = cached_worker(cache_spec(), "");
+    let first = through(&w, token_get("Bearer A", 0), Some((Some(200), &[], &deny)));
+    assert_eq!(sent_status(&first), Some(403));
+    let again = through(&w, token_get("Bearer A", 1), Some((Some(200), &[], &deny)));
+    assert_eq!(
+        again.dispatches().len(),
+        1,
+        "denies are not cached by default"
+    );
+
+    let spec = crate::config::CacheConfig {
+        cache_denies: true,
+        ..cache_spec()
+    };
+    let w = cached_worker(spec, "");
+    let first = through(&w, token_get("Bearer A", 0), Some((Some(200), &[], &deny)));
+    let again = through(&w, token_get("Bearer A", 1), None);
+    assert!(again.dispatches().is_empty());
+    assert_eq!(again.sent(), first.sent());
+    assert!(!again.resumed());
+}
+
+#[test]
+fn no_store_state_and_bodies_are_never_cached() {
+    let w = cached_worker(cache_spec(), "");
+    for cc in ["no-store", "private", "max-age=0", "no-cache"] {
+        let tok = format!("Bearer {cc}");
+        let headers: &[(&str, &str)] = &[("cache-control", cc)];
+        through(&w, token_get(&tok, 0), Some((Some(200), headers, &|_| {})));
+        let again = through(&w, token_get(&tok, 1), Some((Some(200), &[], &|_| {})));
+        assert_eq!(again.dispatches().len(), 1, "{cc}");
+    }
+    // max-age shortens the TTL.
+    let headers: &[(&str, &str)] = &[("cache-control", "max-age=5")];
+    through(
+        &w,
+        token_get("Bearer M", 0),
+        Some((Some(200), headers, &|_| {})),
+    );
+    assert!(through(&w, token_get("Bearer M", 4), None)
+        .dispatches()
+        .is_empty());
+    let late = through(
+        &w,
+        token_get("Bearer M", 5),
+        Some((Some(200), &[], &|_| {})),
+    );
+    assert_eq!(late.dispatches().len(), 1);
+    // A reply with state is not cached.
+    let state = |v: &mut Value| v["state"] = json!({"s": 1});
+    through(&w, token_get("Bearer S", 0), Some((Some(200), &[], &state)));
+    let again = through(
+        &w,
+        token_get("Bearer S", 1),
+        Some((Some(200), &[], &|_| {})),
+    );
+    assert_eq!(again.dispatches().len(), 1);
+    // A request with a body is not looked up without key_body.
+    let entries = || w.1.cache.borrow().as_ref().unwrap().len();
+    let before = entries();
+    for _ in 0..2 {
+        let mut post = token_get("Bearer P", 0);
+        post.maps
+            .get_mut(&Map::RequestHeaders)
+            .unwrap()
+            .push(("content-length".into(), b"2".to_vec()));
+        post.request_body = Some(b"{}".to_vec());
+        let mut x = Exchange::new(Some(w.0.clone()), w.1.clone());
+        assert_eq!(x.on_request_headers(&mut post), Action::Continue);
+        assert_eq!(x.on_request_body(&mut post, 2, true), Action::Pause);
+        assert_eq!(post.dispatches().len(), 1);
+        allow_with(&mut x, &mut post, |_| {});
+        assert!(post.resumed());
+        assert_eq!(entries(), before);
+    }
+}
+
+#[test]
+fn with_key_body_a_request_body_is_part_of_the_key() {
+    let spec = crate::config::CacheConfig {
+        key_body: true,
+        ..cache_spec()
+    };
+    let w = cached_worker(spec, "");
+    let post = |body: &[u8], at: u64| {
+        let mut h = token_get("Bearer P", at);
+        h.maps
+            .get_mut(&Map::RequestHeaders)
+            .unwrap()
+            .push(("content-length".into(), body.len().to_string().into_bytes()));
+        h.request_body = Some(body.to_vec());
+        let mut x = Exchange::new(Some(w.0.clone()), w.1.clone());
+        assert_eq!(x.on_request_headers(&mut h), Action::Continue);
+        let action = x.on_request_body(&mut h, body.len(), true);
+        if action == Action::Pause && !h.dispatches().is_empty() {
+            allow_with(&mut x, &mut h, add_header);
+        }
+        (action, h)
+    };
+    let (_, first) = post(b"{\"a\":1}", 0);
+    assert_eq!(first.dispatches().len(), 1);
+    let (action, hit) = post(b"{\"a\":1}", 1);
+    assert_eq!(
+        action,
+        Action::Continue,
+        "a hit continues from the body step"
+    );
+    assert!(hit.dispatches().is_empty());
+    assert_eq!(
+        hit.changes(Map::RequestHeaders),
+        first.changes(Map::RequestHeaders)
+    );
+    let (_, other) = post(b"{\"a\":2}", 2);
+    assert_eq!(other.dispatches().len(), 1, "another body, another key");
+}
+
+#[test]
+fn stale_if_error_serves_an_expired_allow_within_its_bound_only() {
+    capture_logs();
+    let w = cached_worker(cache_spec(), "");
+    through(
+        &w,
+        token_get("Bearer A", 0),
+        Some((Some(200), &[], &add_header)),
+    );
+    // 10 s past expiry, the policy server times out: the stale allow.
+    let stale = through(&w, token_get("Bearer A", 70), Some((None, &[], &|_| {})));
+    assert!(stale.resumed());
+    assert_eq!(stale.sent(), None);
+    assert!(!stale.changes(Map::RequestHeaders).is_empty());
+    let serves = |l: &str| l.starts_with("serving a cached allow");
+    assert_eq!(logs().iter().filter(|(_, l)| serves(l)).count(), 1);
+    // Again: served, not logged again.
+    let again = through(
+        &w,
+        token_get("Bearer A", 80),
+        Some((Some(503), &[], &|_| {})),
+    );
+    assert!(again.resumed());
+    assert_eq!(logs().iter().filter(|(_, l)| serves(l)).count(), 1);
+    // A 4xx is not an outage: its failure reply.
+    let rejected = through(
+        &w,
+        token_get("Bearer A", 81),
+        Some((Some(401), &[], &|_| {})),
+    );
+    assert_eq!(sent_status(&rejected), Some(502));
+    // Past the bound (60 + 30 s): the failure's reply.
+    let late = through(&w, token_get("Bearer A", 90), Some((None, &[], &|_| {})));
+    assert!(!late.resumed());
+    assert_eq!(sent_status(&late), Some(502));
+    no_secret_logged();
+}
+
+#[test]
+fn the_cache_is_off_with_the_response_hook_and_in_shadow_mode() {
+    for extra in [r#""enable_response_hook":true"#, r#""mode":"shadow""#] {
+        let text = format!(
+            r#"{{"service_url":"https://pdp:8443/base","shared_secret":"{SECRET}","secret_header_name":"CLIENT-TOKEN",{extra}}}"#
+        );
+        let mut config = config::parse(text.as_bytes()).unwrap();
+        config.cache = Some(cache_spec());
+        let shared = Shared::new(Some(&config), Metrics::default());
+        assert!(shared.cache.borrow().is_none(), "{extra}");
+    }
 }

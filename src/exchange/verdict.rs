@@ -20,6 +20,7 @@ use crate::failure::policy::{Class, FailurePolicy, Verdict};
 use crate::failure::Failure;
 use crate::host::Host;
 use crate::http::Reply;
+use crate::metrics;
 use crate::protocol::decision::{Directives, RequestOutcome};
 use crate::protocol::request::Payload;
 use crate::protocol::response_hook::UpstreamResponse;
@@ -139,6 +140,10 @@ impl Exchange {
         asked: SystemTime,
     ) -> Action {
         self.record(h, &failure);
+        if let Some(action) = self.serve_stale(h, config, &seen, &failure) {
+            return action;
+        }
+        self.outcome(h, metrics::outcome_of(&failure));
         if config.shadow {
             self.shadow_decided(h, failure_fields(&failure), asked);
             return self.let_through(h, config, seen, sent, None);
@@ -222,7 +227,7 @@ impl Exchange {
         failure.write_log();
         if let Some(secs) = failure.backoff_secs() {
             let now = h.now();
-            self.backoff.borrow_mut().trip(now, secs);
+            self.shared.backoff.borrow_mut().trip(now, secs);
         }
     }
 }
