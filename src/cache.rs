@@ -261,6 +261,12 @@ impl DecisionCache {
     }
 
     /// Drops an entry; the ring's last key takes its slot.
+    /// Drops the entry of `key`, if any: a fresh answer for the key
+    /// replaces what was cached, even when it is not itself stored.
+    pub fn forget(&mut self, key: &Key) {
+        self.remove(key);
+    }
+
     fn remove(&mut self, key: &Key) {
         let Some(e) = self.entries.remove(key) else {
             return;

@@ -34,10 +34,28 @@ pub(super) fn reply_ttl(config: &Config, map: &HeaderMap) -> Option<u32> {
     cache::ttl_from_cache_control(&lines, spec.ttl_secs)
 }
 
-/// An allow may be cached unless it carries `state` (context for one
-/// request's response step) or a body change (which fails on this path).
+/// An allow may be cached unless it changes the body (which fails on this
+/// path). Its `state` is dropped: it is context for the response hook, and
+/// the cache is never on with the hook (see [`super::Shared::new`]).
 pub(super) fn storable(d: &Directives) -> bool {
-    d.state.is_none() && d.body.is_none()
+    d.body.is_none()
+}
+
+/// What an allow is cached as: the directives a replay applies. `state`
+/// (unused without the response hook), and the warnings and debug notes
+/// (logged by the fresh call; notes may quote header values) are left out.
+pub(super) fn cached_allow(d: &Directives) -> Directives {
+    Directives {
+        header_ops: d.header_ops.clone(),
+        method: d.method.clone(),
+        host: d.host.clone(),
+        path: d.path.clone(),
+        query: d.query.clone(),
+        body: None,
+        warnings: Vec::new(),
+        notes: Vec::new(),
+        state: None,
+    }
 }
 
 /// The first 8 hex digits of a key, to tell entries apart in a log line.
@@ -46,12 +64,10 @@ fn short(key: &Key) -> String {
 }
 
 impl Exchange {
-    fn cache_spec(&self) -> Option<CacheConfig> {
-        self.shared
-            .cache
-            .borrow()
-            .as_ref()
-            .map(|c| c.spec().clone())
+    /// The cache's key and storage rules, when this configuration caches.
+    fn cache_spec<'c>(&self, config: &'c Config) -> Option<&'c CacheConfig> {
+        self.shared.cache.borrow().as_ref()?;
+        config.cache.as_ref()
     }
 
     /// The headers step: a request without a body is looked up. A hit is
@@ -63,7 +79,7 @@ impl Exchange {
         config: &Config,
         map: &HeaderMap,
     ) -> Result<Option<Key>, Action> {
-        let Some(spec) = self.cache_spec() else {
+        let Some(spec) = self.cache_spec(config) else {
             return Ok(None);
         };
         if read::truncated(map) || read::announced(map) != Announced::None {
@@ -78,7 +94,7 @@ impl Exchange {
             .map(|(n, v)| (n.as_str(), v.as_slice()));
         let key = cache::key(
             &config.identity,
-            &spec,
+            spec,
             KeyParts {
                 method: &map.text(":method").unwrap_or_default(),
                 target: &map.text(":path").unwrap_or_default(),
@@ -89,8 +105,20 @@ impl Exchange {
         );
         match self.look_up(h, &key) {
             Some(decision) => {
-                let (headers, markers) = read::headers_of(map, marker);
-                let headers: Vec<Header> = headers.into_iter().take(MAX_HEADERS).collect();
+                // The headers matter only to header directives (set or add).
+                let changes_headers =
+                    matches!(&*decision, Decision::Allow(d) if !d.header_ops.is_empty());
+                let (headers, markers) = if changes_headers {
+                    let (headers, markers) = read::headers_of(map, marker);
+                    (headers.into_iter().take(MAX_HEADERS).collect(), markers)
+                } else {
+                    let markers = map
+                        .pairs
+                        .iter()
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(marker))
+                        .count();
+                    (Vec::new(), markers)
+                };
                 Err(self.replay(h, config, &decision, &headers, markers))
             }
             None => Ok(Some(key)),
@@ -104,7 +132,7 @@ impl Exchange {
         config: &Config,
         seen: &mut Seen,
     ) -> Option<Action> {
-        let spec = self.cache_spec().filter(|s| s.key_body)?;
+        let spec = self.cache_spec(config).filter(|s| s.key_body)?;
         let body = seen.request.body.as_deref()?;
         let headers = seen
             .all_headers
@@ -112,7 +140,7 @@ impl Exchange {
             .map(|hd| (hd.name.as_str(), hd.value.as_slice()));
         let key = cache::key(
             &config.identity,
-            &spec,
+            spec,
             KeyParts {
                 method: &seen.request.method,
                 target: &seen.client_target,
@@ -192,6 +220,15 @@ impl Exchange {
         }
     }
 
+    /// A fresh answer for `key` came: whatever was cached for it goes, so
+    /// that an old allow can never outlive a newer answer (stale-if-error
+    /// included) when the newer one is not stored.
+    pub(super) fn forget(&mut self, key: &Key) {
+        if let Some(c) = self.shared.cache.borrow_mut().as_mut() {
+            c.forget(key);
+        }
+    }
+
     fn store(&mut self, h: &mut dyn Host, key: Key, decision: Decision, ttl: u32) {
         let now = h.now();
         let stored = match self.shared.cache.borrow_mut().as_mut() {
@@ -212,7 +249,13 @@ impl Exchange {
 
     /// A deny is stored only with `cache_denies`.
     pub(super) fn store_deny(&mut self, h: &mut dyn Host, key: Key, reply: &Reply, ttl: u32) {
-        if self.cache_spec().is_some_and(|s| s.cache_denies) {
+        let denies = self
+            .shared
+            .cache
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.spec().cache_denies);
+        if denies {
             self.store(h, key, Decision::Deny(reply.clone()), ttl);
         }
     }

@@ -35,6 +35,9 @@ pub fn apply(h: &mut dyn Host, sent: &[Header], d: &Directives) -> Result<(), Fa
     if let Some(m) = &d.method {
         h.set_header(Map::RequestHeaders, ":method", Some(m));
     }
+    if d.path.is_none() && d.query.is_none() && d.host.is_none() {
+        return Ok(());
+    }
     let kong_uri = h.property(&["ngx", "upstream_uri"]);
     if d.path.is_some() || d.query.is_some() {
         match &kong_uri {

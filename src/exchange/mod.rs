@@ -586,6 +586,9 @@ impl Exchange {
         outcome: RequestOutcome,
         cache_ttl: Option<u32>,
     ) {
+        if let Some(key) = &seen.cache_key {
+            self.forget(key);
+        }
         let key = seen.cache_key.zip(cache_ttl);
         match outcome {
             RequestOutcome::Deny(reply) => {
@@ -610,7 +613,8 @@ impl Exchange {
                         log::debug!("{n}");
                     }
                 }
-                let keep = key.and_then(|k| cached::storable(&d).then(|| (k, d.clone())));
+                let keep =
+                    key.and_then(|k| cached::storable(&d).then(|| (k, cached::cached_allow(&d))));
                 match self.proceed(h, config, seen, sent, d, None) {
                     Ok(action) => {
                         self.outcome(h, Outcome::Allow);

@@ -1096,7 +1096,7 @@ fn denies_are_cached_only_when_enabled_and_replayed_exactly() {
 }
 
 #[test]
-fn no_store_state_and_bodies_are_never_cached() {
+fn no_store_and_bodies_are_never_cached_and_state_is_dropped() {
     let w = cached_worker(cache_spec(), "");
     for cc in ["no-store", "private", "max-age=0", "no-cache"] {
         let tok = format!("Bearer {cc}");
@@ -1121,15 +1121,20 @@ fn no_store_state_and_bodies_are_never_cached() {
         Some((Some(200), &[], &|_| {})),
     );
     assert_eq!(late.dispatches().len(), 1);
-    // A reply with state is not cached.
-    let state = |v: &mut Value| v["state"] = json!({"s": 1});
-    through(&w, token_get("Bearer S", 0), Some((Some(200), &[], &state)));
-    let again = through(
-        &w,
-        token_get("Bearer S", 1),
-        Some((Some(200), &[], &|_| {})),
+    // A reply with state is cached without it (the hook, its only user, is
+    // off whenever the cache is on), and replayed as the fresh one was.
+    let state = |v: &mut Value| {
+        add_header(v);
+        v["state"] = json!({"s": 1});
+    };
+    let fresh = through(&w, token_get("Bearer S", 0), Some((Some(200), &[], &state)));
+    let again = through(&w, token_get("Bearer S", 1), None);
+    assert!(again.dispatches().is_empty());
+    assert_eq!(
+        again.changes(Map::RequestHeaders),
+        fresh.changes(Map::RequestHeaders)
     );
-    assert_eq!(again.dispatches().len(), 1);
+    assert!(!again.changes(Map::RequestHeaders).is_empty());
     // A request with a body is not looked up without key_body.
     let entries = || w.1.cache.borrow().as_ref().unwrap().len();
     let before = entries();
@@ -1238,4 +1243,35 @@ fn the_cache_is_off_with_the_response_hook_and_in_shadow_mode() {
         let shared = Shared::new(Some(&config), Metrics::default());
         assert!(shared.cache.borrow().is_none(), "{extra}");
     }
+}
+
+#[test]
+fn a_newer_answer_that_is_not_stored_replaces_the_cached_one() {
+    // Allow cached at t=0 (TTL 60, stale bound 30). At t=61 the policy
+    // denies (denies not cached); at t=62 the policy server fails: the old
+    // allow must not be served stale after the newer deny.
+    let w = cached_worker(cache_spec(), "");
+    through(
+        &w,
+        token_get("Bearer D", 0),
+        Some((Some(200), &[], &|_| {})),
+    );
+    let deny = |v: &mut Value| {
+        *v = json!({"response": {"response_code": "403", "response_status": "FORBIDDEN",
+            "headers": [], "body": "no"}})
+    };
+    let denied = through(&w, token_get("Bearer D", 61), Some((Some(200), &[], &deny)));
+    assert_eq!(denied.sent().map(|r| r.status), Some(403));
+    let outage = through(&w, token_get("Bearer D", 62), Some((None, &[], &|_| {})));
+    assert!(!outage.resumed(), "the old allow was served after a deny");
+    assert!(outage.sent().is_some_and(|r| r.status != 200));
+    assert_eq!(w.1.cache.borrow().as_ref().unwrap().len(), 0);
+    // Without the deny in between, the same outage serves the stale allow.
+    through(
+        &w,
+        token_get("Bearer E", 0),
+        Some((Some(200), &[], &|_| {})),
+    );
+    let stale = through(&w, token_get("Bearer E", 62), Some((None, &[], &|_| {})));
+    assert!(stale.resumed());
 }
