@@ -18,7 +18,6 @@ use ping_auth::host::{Action, Map};
 use ping_auth::metrics::Metrics;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 

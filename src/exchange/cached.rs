@@ -16,10 +16,10 @@ use crate::config::{CacheConfig, Config};
 use crate::failure::policy::Class;
 use crate::failure::Failure;
 use crate::host::{HeaderMap, Host};
-use crate::http::{Header, Reply};
+use crate::http::Reply;
 use crate::metrics::{Metric, Outcome};
 use crate::protocol::decision::Directives;
-use crate::protocol::request::MAX_HEADERS;
+use crate::slots;
 
 /// The `Cache-Control` lines of a sideband reply, capping the configured TTL.
 pub(super) fn reply_ttl(config: &Config, map: &HeaderMap) -> Option<u32> {
@@ -105,21 +105,21 @@ impl Exchange {
         );
         match self.look_up(h, &key) {
             Some(decision) => {
-                // The headers matter only to header directives (set or add).
-                let changes_headers =
-                    matches!(&*decision, Decision::Allow(d) if !d.header_ops.is_empty());
-                let (headers, markers) = if changes_headers {
-                    let (headers, markers) = read::headers_of(map, marker);
-                    (headers.into_iter().take(MAX_HEADERS).collect(), markers)
-                } else {
-                    let markers = map
-                        .pairs
+                // Header directives need to know which headers the request
+                // has (set or add): counted on the map, nothing copied.
+                let count = |name: &str| {
+                    map.pairs
                         .iter()
-                        .filter(|(n, _)| n.eq_ignore_ascii_case(marker))
-                        .count();
-                    (Vec::new(), markers)
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .count()
                 };
-                Err(self.replay(h, config, &decision, &headers, markers))
+                // As the policy server saw them: without the marker header.
+                let lines = |name: &str| match name.eq_ignore_ascii_case(marker) {
+                    true => 0,
+                    false => count(name),
+                };
+                let markers = count(marker);
+                Err(self.replay(h, config, &decision, &lines, markers))
             }
             None => Ok(Some(key)),
         }
@@ -151,8 +151,8 @@ impl Exchange {
         );
         match self.look_up(h, &key) {
             Some(decision) => {
-                let headers = seen.request.headers.clone();
-                Some(self.replay(h, config, &decision, &headers, seen.client_markers))
+                let lines = slots::lines_in(&seen.request.headers);
+                Some(self.replay(h, config, &decision, &lines, seen.client_markers))
             }
             None => {
                 seen.cache_key = Some(key);
@@ -184,12 +184,12 @@ impl Exchange {
         h: &mut dyn Host,
         config: &Config,
         decision: &Decision,
-        headers: &[Header],
+        lines: &dyn Fn(&str) -> usize,
         client_markers: usize,
     ) -> Action {
         match decision {
             Decision::Allow(d) => {
-                if let Err(f) = forward::apply(h, headers, d) {
+                if let Err(f) = forward::apply(h, lines, d) {
                     self.fail(h, f);
                     return Action::Pause;
                 }
@@ -303,7 +303,7 @@ impl Exchange {
             h,
             config,
             &stale.directives,
-            &seen.request.headers,
+            &slots::lines_in(&seen.request.headers),
             seen.client_markers,
         ))
     }

@@ -6,16 +6,20 @@
 use crate::failure::policy::Class;
 use crate::failure::Failure;
 use crate::host::{Host, Map};
-use crate::http::Header;
 use crate::protocol::decision::{Directives, HeaderOp};
 use crate::slots::{self, HeaderFix};
 use crate::upstream;
 
 /// Applies `d` to the proxied request. A body change cannot be applied on
 /// this host (the body step has passed when the reply arrives).
-/// `sent`: the request headers the decision was taken on (or, for a cached
-/// decision, the current request's), which say whether a header is set or added.
-pub fn apply(h: &mut dyn Host, sent: &[Header], d: &Directives) -> Result<(), Failure> {
+/// `lines(name)`: how many lines of a header the request had when the
+/// decision was taken (for a cached decision, the current request's), which
+/// says whether a header is set or added ([`slots::request_changes`]).
+pub fn apply(
+    h: &mut dyn Host,
+    lines: &dyn Fn(&str) -> usize,
+    d: &Directives,
+) -> Result<(), Failure> {
     if d.body.is_some() {
         return Err(Failure::BodyChangeUnsupported);
     }
@@ -25,7 +29,7 @@ pub fn apply(h: &mut dyn Host, sent: &[Header], d: &Directives) -> Result<(), Fa
         .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"))
         .cloned()
         .collect();
-    let (fixes, warnings) = slots::request_changes(&ops, sent);
+    let (fixes, warnings) = slots::request_changes(&ops, lines);
     for w in &warnings {
         log::warn!("{w}");
     }

@@ -48,6 +48,7 @@ use crate::protocol::reply::Members;
 use crate::protocol::request::Payload;
 use crate::protocol::response_hook::{self, UpstreamResponse};
 use crate::protocol::Endpoint;
+use crate::slots;
 use crate::upstream::Target;
 use deliver::Delivery;
 use read::{Announced, Seen};
@@ -535,7 +536,7 @@ impl Exchange {
                 for w in &d.warnings {
                     log::warn!("{w}");
                 }
-                if let Err(f) = forward::apply(h, &seen.request.headers, &d) {
+                if let Err(f) = forward::apply(h, &slots::lines_in(&seen.request.headers), &d) {
                     self.fail(h, f);
                     return Action::Pause;
                 }
@@ -646,7 +647,7 @@ impl Exchange {
         marker: Option<Class>,
     ) -> Result<Action, Failure> {
         if !config.enable_response_hook {
-            forward::apply(h, &seen.request.headers, &d)?;
+            forward::apply(h, &slots::lines_in(&seen.request.headers), &d)?;
             forward::mark(
                 h,
                 &config.failure_policy.marker_header,
