@@ -70,7 +70,7 @@ fuzz:
 		$(if $(FUZZ_MERGE),--merge) $(FUZZ_TARGETS)
 
 bench:
-	$(CARGO) run --release -p ping-auth-harness --bin bench
+	$(CARGO) run --profile bench-host -p ping-auth-harness --bin bench
 
 # scripts/demo-docker.sh: docker-compose up -d --build (with BuildKit, so that
 # examples/Dockerfile.dockerignore keeps target/ out of the build context), then waits for

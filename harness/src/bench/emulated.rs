@@ -49,7 +49,14 @@ impl Servers {
     }
 }
 
-fn add_chain(emu: &mut Emulator, sc: &Scenario, servers: &Servers) -> anyhow::Result<ChainId> {
+/// The scenario's chain: `ping_auth` with the scenario's configuration, or
+/// the `filter` given.
+fn add_chain(
+    emu: &mut Emulator,
+    sc: &Scenario,
+    servers: &Servers,
+    filter: Option<FilterEntry>,
+) -> anyhow::Result<ChainId> {
     let mut service = Service::new(
         "bench-upstream",
         "http",
@@ -61,8 +68,13 @@ fn add_chain(emu: &mut Emulator, sc: &Scenario, servers: &Servers) -> anyhow::Re
     service.read_timeout = 5_000;
     let mut route = Route::new(&format!("bench-{}", sc.key), &["/"]);
     route.strip_path = false;
-    let config = scenarios::config(sc, servers.pdp_port()).to_string();
-    emu.add_chain(service, route, vec![FilterEntry::new("ping_auth", config)])
+    let filter = filter.unwrap_or_else(|| {
+        FilterEntry::new(
+            "ping_auth",
+            scenarios::config(sc, servers.pdp_port()).to_string(),
+        )
+    });
+    emu.add_chain(service, route, vec![filter])
         .map_err(|e| anyhow::anyhow!("configuring {}: {e}", sc.key))
 }
 
@@ -119,6 +131,9 @@ impl LogNotes {
 pub struct WasmRun {
     /// The guest's own time per request ([`crate::emulator::HostStats::guest_time`]).
     pub own: Summary,
+    /// The part of `own` outside host functions: the module's code alone
+    /// ([`crate::emulator::HostStats::code_time`]).
+    pub code: Summary,
     /// Time spent starting the emulator's dispatch I/O threads inside guest
     /// calls, per request (left out of `own`).
     pub io_start: Summary,
@@ -140,12 +155,46 @@ pub fn run(
     sc: &Scenario,
     counts: Counts,
 ) -> anyhow::Result<WasmRun> {
+    run_filter(wasm, servers, sc, counts, None)
+}
+
+/// The emulator's own cost per request: the do-nothing filter (`noop`, the
+/// `noop-filter` crate) in place of `ping_auth`, on the scenario's request.
+pub fn baseline(
+    noop: &Path,
+    servers: &Servers,
+    sc: &Scenario,
+    counts: Counts,
+) -> anyhow::Result<WasmRun> {
+    let run = run_filter(
+        noop,
+        servers,
+        sc,
+        counts,
+        Some(FilterEntry::new("noop", "")),
+    )?;
+    if run.hostcalls.values().sum::<f64>() > 0.0 || run.dispatches > 0.0 {
+        bail!(
+            "the do-nothing filter made host calls ({:?}): it is not a baseline",
+            run.hostcalls
+        );
+    }
+    Ok(run)
+}
+
+fn run_filter(
+    wasm: &Path,
+    servers: &Servers,
+    sc: &Scenario,
+    counts: Counts,
+    filter: Option<FilterEntry>,
+) -> anyhow::Result<WasmRun> {
     let opts = HostOptions {
         client_body_buffer_size: sc.body_buffer,
         ..HostOptions::default()
     };
     let mut emu = Emulator::new(wasm, opts)?;
-    let chain = add_chain(&mut emu, sc, servers)?;
+    let chain = add_chain(&mut emu, sc, servers, filter)?;
     let memory_start = emu.stats().memory_bytes;
     let mut logs = LogNotes::default();
     for _ in 0..counts.warmup {
@@ -157,6 +206,7 @@ pub fn run(
     emu.reset_stats();
     let mut own = Vec::with_capacity(counts.requests);
     let mut io_start = Vec::with_capacity(counts.requests);
+    let mut code = Vec::with_capacity(counts.requests);
     for _ in 0..counts.requests {
         let request = sc.request.clone();
         let before = emu.stats();
@@ -166,11 +216,21 @@ pub fn run(
         logs.drain(&mut emu);
         own.push(after.guest_time().saturating_sub(before.guest_time()));
         io_start.push(after.io_start_time.saturating_sub(before.io_start_time));
+        code.push(after.code_time().saturating_sub(before.code_time()));
     }
     let total = emu.stats();
+    if sc.cache && total.dispatches > 0 {
+        bail!(
+            "{}: {} timed requests made {} sideband calls: the cache did not answer them",
+            sc.key,
+            counts.requests,
+            total.dispatches
+        );
+    }
     let n = counts.requests.max(1) as f64;
     Ok(WasmRun {
         own: summarize(&own),
+        code: summarize(&code),
         io_start: summarize(&io_start),
         hostcalls: total
             .hostcalls
@@ -215,7 +275,7 @@ pub fn memory_growth(
     let mut emu = Emulator::new(wasm, opts)?;
     let mut chains = Vec::new();
     for sc in all {
-        chains.push((add_chain(&mut emu, sc, servers)?, sc));
+        chains.push((add_chain(&mut emu, sc, servers, None)?, sc));
     }
     let mut at_checkpoint = 0;
     for i in 0..counts.growth_total {

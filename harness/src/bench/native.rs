@@ -7,6 +7,8 @@ use super::stats::{summarize, Summary};
 use super::Counts;
 use crate::emulator::ClientRequest as EmuRequest;
 use anyhow::{anyhow, bail};
+use ping_auth::cache::{self, Decision, DecisionCache, KeyParts, Lookup};
+use ping_auth::config;
 use ping_auth::failure::Call;
 use ping_auth::http::Header;
 use ping_auth::protocol::decision::{self, CallResult, RequestOutcome};
@@ -202,6 +204,97 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
     Ok((out, phases))
 }
 
+/// The cached scenario's hit: the key over the request's parts and the
+/// lookup, as `lookup_headers` does them (the replay applies no directive:
+/// the reply allowed the request unchanged).
+fn hit(
+    cache: &mut DecisionCache,
+    identity: &[u8; 32],
+    spec: &config::CacheConfig,
+    client: &EmuRequest,
+) -> bool {
+    let headers = client
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()));
+    let key = cache::key(
+        identity,
+        spec,
+        KeyParts {
+            method: &client.method,
+            target: &client.target,
+            headers,
+            client_ip: None,
+            body: None,
+        },
+    );
+    matches!(cache.lookup(&key, SystemTime::now()), Lookup::Fresh(_))
+}
+
+/// Times [`hit`] on a cache holding the decision of the recorded reply.
+fn measure_hits(
+    sc: &Scenario,
+    inputs: &Inputs,
+    pdp_port: u16,
+    counts: Counts,
+) -> anyhow::Result<Vec<Duration>> {
+    let config = scenarios::config(sc, pdp_port).to_string();
+    let config = config::parse(config.as_bytes()).map_err(|e| anyhow!("{}: {e}", sc.key))?;
+    let Some(spec) = config.cache.clone() else {
+        bail!("{}: the scenario's configuration has no cache", sc.key);
+    };
+    let req = client_request(&inputs.client);
+    let now = SystemTime::now();
+    let members = decision::check_reply(
+        Call::Request,
+        &inputs.target,
+        ok_reply(&inputs.request_reply),
+        now,
+    )
+    .map_err(|f| anyhow!("{}: {}", sc.key, f.log().1))?;
+    let RequestOutcome::Allow(directives) = decision::interpret(&members, &req, None, false)
+        .map_err(|f| anyhow!("{}: {}", sc.key, f.log().1))?
+    else {
+        bail!("{}: the recorded reply is not an allow", sc.key);
+    };
+    let mut cache = DecisionCache::new(spec.clone());
+    let headers = inputs
+        .client
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()));
+    let key = cache::key(
+        &config.identity,
+        &spec,
+        KeyParts {
+            method: &inputs.client.method,
+            target: &inputs.client.target,
+            headers,
+            client_ip: None,
+            body: None,
+        },
+    );
+    cache.store(key, Decision::Allow(directives), spec.ttl_secs, now);
+    for _ in 0..counts.warmup {
+        std::hint::black_box(hit(&mut cache, &config.identity, &spec, &inputs.client));
+    }
+    let mut total = Vec::with_capacity(counts.native);
+    for _ in 0..counts.native {
+        let started = Instant::now();
+        let found = hit(
+            &mut cache,
+            &config.identity,
+            &spec,
+            std::hint::black_box(&inputs.client),
+        );
+        total.push(started.elapsed());
+        if !found {
+            bail!("{}: the native lookup missed", sc.key);
+        }
+    }
+    Ok(total)
+}
+
 /// One scenario natively.
 pub struct NativeRun {
     pub total: Summary,
@@ -243,6 +336,16 @@ pub fn measure(
         (None, _) => !sc.hook,
         (Some(_), None) => false,
     };
+    if sc.cache {
+        let total = measure_hits(sc, &inputs, pdp_port, counts)?;
+        return Ok(NativeRun {
+            total: summarize(&total),
+            payload: summarize(&[]),
+            decision: summarize(&[]),
+            hook: summarize(&[]),
+            same_payloads: same_request,
+        });
+    }
     for _ in 0..counts.warmup {
         std::hint::black_box(run(std::hint::black_box(&inputs)).ok());
     }

@@ -47,7 +47,8 @@ pub fn header(counts: Counts, quick: bool, sizes: &Sizes) {
     );
 }
 
-pub fn per_request(results: &[ScenarioResult<'_>]) {
+pub fn per_request(results: &[ScenarioResult<'_>], baseline: &WasmRun) {
+    let base = baseline.own.median_us;
     println!();
     println!("== Per-request cost: the filter's own work, µs ==");
     println!(
@@ -56,9 +57,19 @@ pub fn per_request(results: &[ScenarioResult<'_>]) {
     println!(
         "   emulator's I/O threads excluded); native: the same core functions on the same inputs"
     );
+    println!(
+        "   baseline: a do-nothing filter (harness/noop-filter) on the small GET: median {}, p99 {}",
+        us(base),
+        us(baseline.own.p99_us)
+    );
+    println!(
+        "   (the emulator's and Wasmtime's own cost per request); share = wasm median - baseline"
+    );
     let mut t = Table::new(&[
         "scenario",
         "wasm median",
+        "share",
+        "code",
         "wasm p99",
         "native median",
         "native p99",
@@ -66,7 +77,7 @@ pub fn per_request(results: &[ScenarioResult<'_>]) {
         "same payloads",
         "what",
     ])
-    .left(7);
+    .left(9);
     for r in results {
         let ratio = if r.native.total.median_us > 0.0 {
             format!("{:.1}x", r.wasm.own.median_us / r.native.total.median_us)
@@ -76,6 +87,8 @@ pub fn per_request(results: &[ScenarioResult<'_>]) {
         t.row(vec![
             r.sc.key.to_string(),
             us(r.wasm.own.median_us),
+            us(r.wasm.own.median_us - base),
+            us(r.wasm.code.median_us),
             us(r.wasm.own.p99_us),
             us(r.native.total.median_us),
             us(r.native.total.p99_us),
@@ -96,7 +109,7 @@ pub fn per_request(results: &[ScenarioResult<'_>]) {
         "total",
         "native runs",
     ]);
-    for r in results {
+    for r in results.iter().filter(|r| !r.sc.cache) {
         let n = &r.native;
         t.row(vec![
             r.sc.key.to_string(),
@@ -112,6 +125,9 @@ pub fn per_request(results: &[ScenarioResult<'_>]) {
         ]);
     }
     print!("{}", t.render());
+    println!(
+        "(a cache hit's native figure is the key, SHA-256 over the keyed parts, and the lookup)"
+    );
 }
 
 pub fn host_calls(results: &[ScenarioResult<'_>]) {
@@ -178,7 +194,7 @@ pub fn sizes(sz: &Sizes) {
     let mut t = Table::new(&["artifact", "bytes"]);
     t.row(vec![
         format!(
-            "release profile (opt-level z, LTO, stripped): {}",
+            "release profile (opt-level 2, LTO, stripped): {}",
             display_path(&sz.release_path)
         ),
         bytes(sz.release),

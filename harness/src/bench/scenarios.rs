@@ -22,6 +22,9 @@ pub struct Scenario {
     pub title: &'static str,
     /// `enable_response_hook`.
     pub hook: bool,
+    /// The decision cache, keyed on `Authorization` (the warm-up's first
+    /// request fills it, so every timed request is a hit).
+    pub cache: bool,
     /// The emulator's `client_body_buffer_size`.
     pub body_buffer: usize,
     pub request: ClientRequest,
@@ -44,6 +47,8 @@ pub const HOOK_64K: &str = "hook64k";
 /// The scenario whose policy changes headers, path and body.
 pub const CHANGES: &str = "change";
 pub const DENY: &str = "deny";
+/// The small GET answered from the decision cache.
+pub const CACHED: &str = "cached";
 
 /// A fixed `Date` so that every upstream answer has the same bytes.
 const DATE: &str = "Sat, 22 Nov 2025 11:00:00 GMT";
@@ -74,6 +79,7 @@ pub fn all() -> Vec<Scenario> {
             key: SMALL_GET,
             title: "GET, 10 headers",
             hook: false,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: request(
                 "GET",
@@ -83,9 +89,23 @@ pub fn all() -> Vec<Scenario> {
             expect_status: 200,
         },
         Scenario {
+            key: CACHED,
+            title: "GET, 10 headers, cached allow",
+            hook: false,
+            cache: true,
+            body_buffer: DEFAULT_BODY_BUFFER,
+            request: request(
+                "GET",
+                "/cached/api/items?limit=10&offset=20&sort=name",
+                ten_headers(),
+            ),
+            expect_status: 200,
+        },
+        Scenario {
             key: "post4k",
             title: "POST 4 KiB JSON",
             hook: false,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: post("post4k", 4 * KIB),
             expect_status: 200,
@@ -94,6 +114,7 @@ pub fn all() -> Vec<Scenario> {
             key: POST_64K,
             title: "POST 64 KiB JSON (128k body buffer)",
             hook: false,
+            cache: false,
             body_buffer: LARGE_BODY_BUFFER,
             request: post(POST_64K, 64 * KIB),
             expect_status: 200,
@@ -102,6 +123,7 @@ pub fn all() -> Vec<Scenario> {
             key: "hdr60",
             title: "GET, 60 headers",
             hook: false,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: sixty,
             expect_status: 200,
@@ -110,6 +132,7 @@ pub fn all() -> Vec<Scenario> {
             key: CHANGES,
             title: "allow + header/path/body changes (hook on)",
             hook: true,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: {
                 let mut r = post(CHANGES, 512);
@@ -122,6 +145,7 @@ pub fn all() -> Vec<Scenario> {
             key: DENY,
             title: "deny (403)",
             hook: false,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: request("GET", "/deny/api/admin", ten_headers()),
             expect_status: 403,
@@ -130,6 +154,7 @@ pub fn all() -> Vec<Scenario> {
             key: HOOK_64K,
             title: "response hook, 64 KiB upstream body",
             hook: true,
+            cache: false,
             body_buffer: DEFAULT_BODY_BUFFER,
             request: request("GET", "/hook64k/api/report", ten_headers()),
             expect_status: 200,
@@ -139,13 +164,17 @@ pub fn all() -> Vec<Scenario> {
 
 /// The filter configuration of a scenario.
 pub fn config(scenario: &Scenario, pdp_port: u16) -> Value {
-    json!({
+    let mut config = json!({
         "service_url": format!("http://127.0.0.1:{pdp_port}/{}/", scenario.key),
         "shared_secret": "bench-s3cr3t",
         "secret_header_name": "CLIENT-TOKEN",
         "connection_timeout_ms": 5000,
         "enable_response_hook": scenario.hook,
-    })
+    });
+    if scenario.cache {
+        config["cache"] = json!({"enabled": true, "key_headers": ["authorization"]});
+    }
+    config
 }
 
 fn request(method: &str, target: &str, headers: Vec<(String, Vec<u8>)>) -> ClientRequest {

@@ -45,9 +45,14 @@ impl Throughput {
     }
 }
 
-/// The scenarios timed under load: an allow with the response hook off, a
-/// deny, and the response hook.
-pub const KEYS: [&str; 3] = [scenarios::SMALL_GET, scenarios::DENY, scenarios::HOOK_64K];
+/// The scenarios timed under load: an allow with the response hook off, the
+/// same allow from the decision cache, a deny, and the response hook.
+pub const KEYS: [&str; 4] = [
+    scenarios::SMALL_GET,
+    scenarios::CACHED,
+    scenarios::DENY,
+    scenarios::HOOK_64K,
+];
 
 pub fn run(
     wasm: &Path,

@@ -383,6 +383,10 @@ pub struct HostStats {
     /// emulator's I/O thread for the call: an artefact of the emulator (Kong's
     /// host starts a non-blocking connect instead). See [`HostStats::guest_time`].
     pub io_start_time: Duration,
+    /// The part of `wasm_time` spent inside host functions (the emulator's
+    /// stand-ins for Kong's C host, `io_start_time` included), timed by a
+    /// Wasmtime call hook. See [`HostStats::code_time`].
+    pub host_fn_time: Duration,
     /// Time the caller spent waiting for network completions.
     pub io_wait_time: Duration,
     /// Current linear memory size in bytes.
@@ -407,6 +411,12 @@ impl HostStats {
     /// and after it (requests run one at a time).
     pub fn guest_time(&self) -> Duration {
         self.wasm_time.saturating_sub(self.io_start_time)
+    }
+
+    /// The guest's code alone: `wasm_time` without any host function, i.e.
+    /// the instructions of the module (and Wasmtime's entry and exit).
+    pub fn code_time(&self) -> Duration {
+        self.wasm_time.saturating_sub(self.host_fn_time)
     }
 }
 

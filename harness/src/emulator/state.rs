@@ -488,6 +488,11 @@ pub(crate) struct HostCtx {
     pub faults: Faults,
     /// Answers dispatches and upstream requests in process instead of sockets.
     pub network: Option<Arc<dyn Network>>,
+    /// When the outermost running host function was entered, and how deep
+    /// host functions are nested (a host function may call the guest's
+    /// allocator, which is not a host function).
+    pub host_entered: Option<Instant>,
+    pub host_depth: u32,
 }
 
 impl HostCtx {
@@ -527,6 +532,8 @@ impl HostCtx {
             malloc: None,
             faults: Faults::default(),
             network: None,
+            host_entered: None,
+            host_depth: 0,
         }
     }
 
@@ -604,6 +611,27 @@ impl HostCtx {
         match self.cur {
             Cur::Http { stream, .. } => self.streams.get_mut(&stream),
             _ => None,
+        }
+    }
+
+    /// Wasmtime's call hook: times host functions ([`HostStats::host_fn_time`]).
+    pub fn on_call_hook(&mut self, hook: wasmtime::CallHook) {
+        match hook {
+            wasmtime::CallHook::CallingHost => {
+                if self.host_depth == 0 {
+                    self.host_entered = Some(Instant::now());
+                }
+                self.host_depth += 1;
+            }
+            wasmtime::CallHook::ReturningFromHost => {
+                self.host_depth = self.host_depth.saturating_sub(1);
+                if self.host_depth == 0 {
+                    if let Some(t) = self.host_entered.take() {
+                        self.stats.host_fn_time += t.elapsed();
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

@@ -153,6 +153,11 @@ fn load(wasm: &Path) -> anyhow::Result<(Engine, Module, Arc<Ticker>)> {
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let mut config = Config::new();
     config.epoch_interruption(true);
+    // `EMULATOR_PERFMAP=1`: write /tmp/perf-<pid>.map so that `perf report`
+    // names the module's functions (docs/performance.md, profiling).
+    if std::env::var_os("EMULATOR_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)?;
     let module = Module::new(&engine, &bytes).context("compiling the module")?;
     let ticker = Arc::new(Ticker::start(&engine)?);
@@ -165,6 +170,16 @@ fn load(wasm: &Path) -> anyhow::Result<(Engine, Module, Arc<Ticker>)> {
         },
     );
     Ok((engine, module, ticker))
+}
+
+/// A store whose call hook times host functions.
+fn new_store(engine: &Engine, ctx: HostCtx) -> Store<HostCtx> {
+    let mut store = Store::new(engine, ctx);
+    store.call_hook(|mut ctx, hook| {
+        ctx.data_mut().on_call_hook(hook);
+        Ok(())
+    });
+    store
 }
 
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -219,7 +234,7 @@ impl Vm {
         let limit = ctx.opts.guest_call_limit;
         let deadline_ticks = (limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
 
-        let store = Store::new(&engine, ctx);
+        let store = new_store(&engine, ctx);
         let mut vm = Self {
             engine,
             module,
@@ -268,7 +283,7 @@ impl Vm {
         let placeholder = HostCtx::placeholder(self.store.data());
         let old = std::mem::replace(&mut self.store, Store::new(&self.engine, placeholder));
         let data = old.into_data();
-        self.store = Store::new(&self.engine, data);
+        self.store = new_store(&self.engine, data);
         self.store.epoch_deadline_trap();
         self.store.set_epoch_deadline(self.deadline_ticks);
 
