@@ -504,6 +504,8 @@ const SHIPPED: &[(&str, usize, usize)] = &[
     ("kong/deck.side-by-side.yaml", 1, 1),
     ("kong/migration.md", 2, 2),
     ("examples/kong.yml", 1, 0),
+    ("kong/kong.prometheus.yml", 1, 0),
+    ("docs/cache.md", 2, 0),
 ];
 
 /// One plugin (or filter-chain filter) entry with a `config`.
