@@ -2240,6 +2240,25 @@ fn stats_separate_guest_time_from_dispatch_io_start() {
     assert_eq!(emu.stats().guest_time(), Duration::ZERO);
 }
 
+#[test]
+fn stats_time_host_functions_apart_from_the_module_code() {
+    let (server, mut emu, chain) = kong_env();
+    // A dispatch: its host function starts the emulator's I/O thread, the
+    // longest host function there is, so host time is clearly non-zero.
+    let cmd = format!("dispatch:{}|/x|1000;pause", server.target());
+    let resp = emu.send(chain, get("/a").header("x-probe-req-headers", &cmd));
+    assert_eq!(resp.status, 200);
+    let stats = emu.stats();
+    assert!(stats.host_fn_time > Duration::ZERO, "host functions timed");
+    // The I/O thread start is inside `proxy_http_call`, a host function.
+    assert!(stats.host_fn_time >= stats.io_start_time);
+    assert!(stats.host_fn_time < stats.wasm_time);
+    assert_eq!(stats.code_time(), stats.wasm_time - stats.host_fn_time);
+    assert!(stats.code_time() > Duration::ZERO);
+    emu.reset_stats();
+    assert_eq!(emu.stats().host_fn_time, Duration::ZERO);
+}
+
 /// A minimal module: the exports Kong requires plus one import.
 fn module_importing(import_module: &str, import_name: &str, params: &[u8]) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
