@@ -12,7 +12,7 @@
 //! metrics never change what a request gets.
 
 use crate::failure::policy::Class;
-use crate::failure::Failure;
+use crate::failure::{Call, Failure};
 use crate::host::{Host, MetricKind};
 
 /// What the client got for a request.
@@ -25,13 +25,6 @@ pub enum Outcome {
     Failed(Class),
     /// A failure on the filter's side (the request, the host, the upstream).
     FilterError,
-}
-
-/// Which sideband endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Request,
-    Response,
 }
 
 /// Why the response hook's own upstream call failed.
@@ -62,9 +55,9 @@ pub fn upstream_error(failure: &Failure) -> Option<UpstreamError> {
 pub enum Metric {
     Decisions(Outcome),
     /// A sideband call's result: `None` = a usable reply.
-    SidebandCalls(Endpoint, Option<Class>),
+    SidebandCalls(Call, Option<Class>),
     /// Milliseconds from a sideband call to its reply (or failure).
-    Latency(Endpoint),
+    Latency(Call),
     CacheHits,
     CacheMisses,
     CacheStaleServed,
@@ -86,13 +79,6 @@ const UPSTREAM_ERRORS: [UpstreamError; 3] = [
     UpstreamError::TooLarge,
 ];
 
-fn endpoint_name(e: Endpoint) -> &'static str {
-    match e {
-        Endpoint::Request => "request",
-        Endpoint::Response => "response",
-    }
-}
-
 impl Metric {
     /// Every series, in a fixed order ([`Metric::index`] is the position).
     pub fn all() -> Vec<Metric> {
@@ -102,12 +88,12 @@ impl Metric {
         ];
         all.extend(CLASSES.map(|c| Metric::Decisions(Outcome::Failed(c))));
         all.push(Metric::Decisions(Outcome::FilterError));
-        for e in [Endpoint::Request, Endpoint::Response] {
+        for e in [Call::Request, Call::Response] {
             all.push(Metric::SidebandCalls(e, None));
             all.extend(CLASSES.map(|c| Metric::SidebandCalls(e, Some(c))));
         }
-        all.push(Metric::Latency(Endpoint::Request));
-        all.push(Metric::Latency(Endpoint::Response));
+        all.push(Metric::Latency(Call::Request));
+        all.push(Metric::Latency(Call::Response));
         all.extend([
             Metric::CacheHits,
             Metric::CacheMisses,
@@ -121,9 +107,9 @@ impl Metric {
 
     fn index(self) -> usize {
         let class = |c: Class| CLASSES.iter().position(|x| *x == c).unwrap_or(0);
-        let calls = |e: Endpoint| match e {
-            Endpoint::Request => 8,
-            Endpoint::Response => 14,
+        let calls = |e: Call| match e {
+            Call::Request => 8,
+            Call::Response => 14,
         };
         match self {
             Metric::Decisions(Outcome::Allow) => 0,
@@ -132,8 +118,8 @@ impl Metric {
             Metric::Decisions(Outcome::FilterError) => 7,
             Metric::SidebandCalls(e, None) => calls(e),
             Metric::SidebandCalls(e, Some(c)) => calls(e) + 1 + class(c),
-            Metric::Latency(Endpoint::Request) => 20,
-            Metric::Latency(Endpoint::Response) => 21,
+            Metric::Latency(Call::Request) => 20,
+            Metric::Latency(Call::Response) => 21,
             Metric::CacheHits => 22,
             Metric::CacheMisses => 23,
             Metric::CacheStaleServed => 24,
@@ -166,14 +152,11 @@ impl Metric {
             }
             Metric::SidebandCalls(e, r) => format!(
                 "sideband_calls_total_endpoint={}_result={}",
-                endpoint_name(e),
+                e.path(),
                 r.map_or("ok", Class::name)
             ),
             Metric::Latency(e) => {
-                format!(
-                    "sideband_latency_milliseconds_endpoint={}",
-                    endpoint_name(e)
-                )
+                format!("sideband_latency_milliseconds_endpoint={}", e.path())
             }
             Metric::CacheHits => "cache_hits_total".into(),
             Metric::CacheMisses => "cache_misses_total".into(),

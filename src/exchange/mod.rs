@@ -328,7 +328,7 @@ impl Exchange {
         if result.is_err() {
             self.count(
                 h,
-                Metric::SidebandCalls(metric_endpoint(endpoint.call), Some(Class::Unreachable)),
+                Metric::SidebandCalls(endpoint.call, Some(Class::Unreachable)),
             );
         }
         result
@@ -342,14 +342,13 @@ impl Exchange {
         asked: SystemTime,
         result: &Result<T, Failure>,
     ) {
-        let endpoint = metric_endpoint(call);
         let class = result.as_ref().err().and_then(Class::of);
-        self.count(h, Metric::SidebandCalls(endpoint, class));
+        self.count(h, Metric::SidebandCalls(call, class));
         let ms = h
             .now()
             .duration_since(asked)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.shared.metrics.record(h, Metric::Latency(endpoint), ms);
+        self.shared.metrics.record(h, Metric::Latency(call), ms);
     }
 
     /// A dispatch finished. A reply for a call this request no longer waits
@@ -737,12 +736,5 @@ impl Exchange {
             delivery.on_chunk(h, size);
         }
         Action::Continue
-    }
-}
-
-fn metric_endpoint(call: Call) -> metrics::Endpoint {
-    match call {
-        Call::Request => metrics::Endpoint::Request,
-        Call::Response => metrics::Endpoint::Response,
     }
 }

@@ -1055,7 +1055,7 @@ fn cache_metrics_count_hits_misses_stores_and_decisions() {
     assert_eq!(
         incs(
             &hs[0],
-            Metric::SidebandCalls(metrics::Endpoint::Request, None)
+            Metric::SidebandCalls(crate::failure::Call::Request, None)
         ),
         1
     );
