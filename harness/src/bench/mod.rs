@@ -112,8 +112,9 @@ pub struct Budget {
 }
 
 /// Runs every section and prints the report; returns whether every budget
-/// passes.
-pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
+/// passes. `only` (scenario keys, empty for all) narrows the scenarios, for
+/// profiling one of them; a time budget whose scenario did not run is left out.
+pub fn run(counts: Counts, quick: bool, only: &[String]) -> anyhow::Result<bool> {
     let started = Instant::now();
     let release = wasm_build::build("ping-auth")?;
     eprintln!("bench: sizes (wasm-opt, unstripped build for the names)...");
@@ -130,8 +131,15 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
     };
     eprintln!("bench: baseline (the do-nothing filter)...");
     let baseline = emulated::baseline(&noop, &servers, small_get, counts)?;
+    let picked: Vec<scenarios::Scenario> = scenarios::all()
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|k| k == s.key))
+        .collect();
+    if picked.is_empty() {
+        anyhow::bail!("--only {only:?}: no such scenario");
+    }
     let mut results = Vec::new();
-    for sc in &all {
+    for sc in &picked {
         eprintln!("bench: {} ({})...", sc.key, sc.title);
         let wasm_run = emulated::run(&wasm, &servers, sc, counts)?;
         let native_run = native::measure(sc, &servers.recorder, servers.pdp_port(), counts)?;
@@ -143,7 +151,7 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
     }
     let mut load = Vec::new();
     for key in throughput::KEYS {
-        let Some(sc) = all.iter().find(|s| s.key == key) else {
+        let Some(sc) = picked.iter().find(|s| s.key == key) else {
             continue;
         };
         eprintln!(
@@ -159,7 +167,7 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
         )?);
     }
     eprintln!("bench: memory over {} requests...", counts.growth_total);
-    let growth = emulated::memory_growth(&wasm, &servers, &all, counts);
+    let growth = emulated::memory_growth(&wasm, &servers, &picked, counts);
     servers.stop();
     let growth = growth?;
 
@@ -168,73 +176,74 @@ pub fn run(counts: Counts, quick: bool) -> anyhow::Result<bool> {
         results
             .iter()
             .find(|r| r.sc.key == key)
-            .map_or(f64::INFINITY, |r| r.wasm.own.median_us - base)
+            .map(|r| r.wasm.own.median_us - base)
     };
     let goal = |v: f64, g: f64| format!("goal {g} µs: {}", if v <= g { "met" } else { "not met" });
-    let small = share(scenarios::SMALL_GET);
-    let hit = share(scenarios::CACHED);
-    let large = share(scenarios::POST_64K);
-    let budgets = [
-        Budget {
-            pass: shipped_bytes <= BUDGET_WASM_BYTES,
-            text: format!(
-                ".wasm size ({shipped_label}): {} bytes <= {} (goal {}: {})",
-                bytes(shipped_bytes),
-                bytes(BUDGET_WASM_BYTES),
-                bytes(GOAL_WASM_BYTES),
-                if shipped_bytes <= GOAL_WASM_BYTES {
-                    "met"
-                } else {
-                    "not met"
-                }
-            ),
-        },
-        Budget {
-            pass: small <= BUDGET_SMALL_GET_US,
-            text: format!(
-                "small GET ({}) filter share: {} µs <= {BUDGET_SMALL_GET_US} µs ({})",
-                scenarios::SMALL_GET,
-                us(small),
-                goal(small, GOAL_SMALL_GET_US)
-            ),
-        },
-        Budget {
-            pass: hit <= BUDGET_CACHE_HIT_US,
-            text: format!(
-                "cache hit ({}) filter share: {} µs <= {BUDGET_CACHE_HIT_US} µs ({})",
-                scenarios::CACHED,
-                us(hit),
-                goal(hit, GOAL_CACHE_HIT_US)
-            ),
-        },
-        Budget {
-            pass: large <= BUDGET_POST_64K_US,
-            text: format!(
-                "64 KiB POST ({}) filter share: {} µs <= {BUDGET_POST_64K_US} µs ({})",
-                scenarios::POST_64K,
-                us(large),
-                goal(large, GOAL_POST_64K_US)
-            ),
-        },
-        Budget {
-            pass: load.iter().all(throughput::Throughput::clean),
-            text: format!(
-                "{} concurrent keep-alive clients: every request answered as expected, \
-                 no trap, no host fault",
-                counts.load_clients
-            ),
-        },
-        Budget {
-            pass: growth.bytes() <= MEMORY_TOLERANCE_BYTES,
-            text: format!(
-                "no memory growth: +{} bytes from request {} to {} <= {}",
-                bytes(growth.bytes()),
-                growth.checkpoint,
-                growth.total,
-                bytes(MEMORY_TOLERANCE_BYTES)
-            ),
-        },
+    let mut budgets = vec![Budget {
+        pass: shipped_bytes <= BUDGET_WASM_BYTES,
+        text: format!(
+            ".wasm size ({shipped_label}): {} bytes <= {} (goal {}: {})",
+            bytes(shipped_bytes),
+            bytes(BUDGET_WASM_BYTES),
+            bytes(GOAL_WASM_BYTES),
+            if shipped_bytes <= GOAL_WASM_BYTES {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+    }];
+    // A scenario left out by `only` has no share, and its budget no line.
+    let time_budgets = [
+        (
+            "small GET",
+            scenarios::SMALL_GET,
+            BUDGET_SMALL_GET_US,
+            GOAL_SMALL_GET_US,
+        ),
+        (
+            "cache hit",
+            scenarios::CACHED,
+            BUDGET_CACHE_HIT_US,
+            GOAL_CACHE_HIT_US,
+        ),
+        (
+            "64 KiB POST",
+            scenarios::POST_64K,
+            BUDGET_POST_64K_US,
+            GOAL_POST_64K_US,
+        ),
     ];
+    for (what, key, budget, target) in time_budgets {
+        if let Some(v) = share(key) {
+            budgets.push(Budget {
+                pass: v <= budget,
+                text: format!(
+                    "{what} ({key}) filter share: {} µs <= {budget} µs ({})",
+                    us(v),
+                    goal(v, target)
+                ),
+            });
+        }
+    }
+    budgets.push(Budget {
+        pass: load.iter().all(throughput::Throughput::clean),
+        text: format!(
+            "{} concurrent keep-alive clients: every request answered as expected, \
+             no trap, no host fault",
+            counts.load_clients
+        ),
+    });
+    budgets.push(Budget {
+        pass: growth.bytes() <= MEMORY_TOLERANCE_BYTES,
+        text: format!(
+            "no memory growth: +{} bytes from request {} to {} <= {}",
+            bytes(growth.bytes()),
+            growth.checkpoint,
+            growth.total,
+            bytes(MEMORY_TOLERANCE_BYTES)
+        ),
+    });
 
     report::header(counts, quick, &sizes);
     report::per_request(&results, &baseline);

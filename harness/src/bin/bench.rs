@@ -3,19 +3,30 @@
 //! budgets (see docs/performance.md). Exits with 1 when a budget fails.
 //!
 //! `--quick`: a smoke run with about ten times fewer samples.
+//! `--only KEY[,KEY...]`: only these scenarios (e.g. `--only cached` under
+//! `perf record`); the budgets of the others are not checked.
 
 use ping_auth_harness::bench::{self, Counts};
 
 fn main() -> anyhow::Result<()> {
+    const USAGE: &str = "usage: bench [--quick] [--only KEY[,KEY...]]";
     let mut quick = false;
-    for arg in std::env::args().skip(1) {
+    let mut only = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => {
+                let Some(keys) = args.next() else {
+                    anyhow::bail!("--only needs scenario keys ({USAGE})");
+                };
+                only.extend(keys.split(',').map(str::to_owned));
+            }
             "-h" | "--help" => {
-                println!("usage: bench [--quick]");
+                println!("{USAGE}");
                 return Ok(());
             }
-            other => anyhow::bail!("unknown argument {other:?} (usage: bench [--quick])"),
+            other => anyhow::bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
     let counts = if quick {
@@ -23,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Counts::full()
     };
-    if !bench::run(counts, quick)? {
+    if !bench::run(counts, quick, &only)? {
         std::process::exit(1);
     }
     Ok(())
