@@ -522,9 +522,9 @@ pub struct Config {
     pub response_endpoint: Endpoint,
     /// The decision cache (`cache.enabled`), or `None` when it is off.
     pub cache: Option<CacheConfig>,
-    /// SHA-256 of the configuration bytes: part of every cache key, so two
-    /// configurations never share a cached decision.
-    pub identity: [u8; 32],
+    /// From the SHA-256 of the configuration bytes: part of every cache key,
+    /// so two configurations never share a cached decision.
+    pub identity: crate::cache::KeySalt,
 }
 
 /// The `cache` object, validated. Header names are lower case, without
@@ -797,7 +797,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         cache,
         identity: {
             use sha2::{Digest, Sha256};
-            Sha256::digest(bytes).into()
+            crate::cache::KeySalt::new(&Sha256::digest(bytes).into())
         },
         service_url,
         shared_secret: Secret::new(shared_secret),

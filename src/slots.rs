@@ -118,8 +118,8 @@ pub fn lines_in(sent: &[Header]) -> impl Fn(&str) -> usize + '_ {
 /// - a header the client sent several times keeps its later lines (warned).
 ///
 /// `lines(name)`: how many lines of the (lower-case) header the request has.
-pub fn request_changes(
-    ops: &[HeaderOp],
+pub fn request_changes<'a>(
+    ops: impl IntoIterator<Item = &'a HeaderOp>,
     lines: &dyn Fn(&str) -> usize,
 ) -> (Vec<HeaderFix>, Vec<String>) {
     let mut fixes = Vec::new();

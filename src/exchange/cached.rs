@@ -25,7 +25,6 @@ use crate::slots;
 pub(super) fn reply_ttl(config: &Config, map: &HeaderMap) -> Option<u32> {
     let spec = config.cache.as_ref()?;
     let lines: Vec<String> = map
-        .pairs
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
@@ -88,16 +87,14 @@ impl Exchange {
         let ip = spec.key_client_ip.then(|| read::client_ip(h));
         let marker = &config.failure_policy.marker_header;
         let headers = map
-            .pairs
             .iter()
-            .filter(|(n, _)| !n.starts_with(':') && !n.eq_ignore_ascii_case(marker))
-            .map(|(n, v)| (n.as_str(), v.as_slice()));
+            .filter(|(n, _)| !n.starts_with(':') && !n.eq_ignore_ascii_case(marker));
         let key = cache::key(
             &config.identity,
             spec,
             KeyParts {
-                method: &map.text(":method").unwrap_or_default(),
-                target: &map.text(":path").unwrap_or_default(),
+                method: map.get(":method").unwrap_or_default(),
+                target: map.get(":path").unwrap_or_default(),
                 headers,
                 client_ip: ip.as_deref(),
                 body: None,
@@ -107,18 +104,12 @@ impl Exchange {
             Some(decision) => {
                 // Header directives need to know which headers the request
                 // has (set or add): counted on the map, nothing copied.
-                let count = |name: &str| {
-                    map.pairs
-                        .iter()
-                        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                        .count()
-                };
                 // As the policy server saw them: without the marker header.
                 let lines = |name: &str| match name.eq_ignore_ascii_case(marker) {
                     true => 0,
-                    false => count(name),
+                    false => map.lines(name),
                 };
-                let markers = count(marker);
+                let markers = map.lines(marker);
                 Err(self.replay(h, config, &decision, &lines, markers))
             }
             None => Ok(Some(key)),
@@ -142,8 +133,8 @@ impl Exchange {
             &config.identity,
             spec,
             KeyParts {
-                method: &seen.request.method,
-                target: &seen.client_target,
+                method: seen.request.method.as_bytes(),
+                target: seen.client_target.as_bytes(),
                 headers,
                 client_ip: Some(&seen.request.source_ip),
                 body: Some(body),

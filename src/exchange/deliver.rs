@@ -35,10 +35,10 @@ impl Delivery {
         // and crashes the worker; it is set to `close` below.
         let names: Vec<String> = h
             .header_map(Map::ResponseHeaders)
-            .pairs
-            .into_iter()
+            .iter()
             .map(|(n, _)| n)
             .filter(|n| !n.starts_with(':') && !n.eq_ignore_ascii_case("connection"))
+            .map(str::to_string)
             .collect();
         for n in names {
             h.set_header(Map::ResponseHeaders, &n, None);

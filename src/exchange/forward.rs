@@ -23,13 +23,11 @@ pub fn apply(
     if d.body.is_some() {
         return Err(Failure::BodyChangeUnsupported);
     }
-    let ops: Vec<HeaderOp> = d
+    let ops = d
         .header_ops
         .iter()
-        .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"))
-        .cloned()
-        .collect();
-    let (fixes, warnings) = slots::request_changes(&ops, lines);
+        .filter(|op| !matches!(op, HeaderOp::Remove(n) | HeaderOp::Set(n, _) if n == "host"));
+    let (fixes, warnings) = slots::request_changes(ops, lines);
     for w in &warnings {
         log::warn!("{w}");
     }

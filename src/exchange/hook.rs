@@ -146,10 +146,9 @@ pub fn after_upstream(
         status,
         headers: reply
             .map
-            .pairs
             .iter()
             .filter(|(n, _)| !n.starts_with(':'))
-            .map(|(n, v)| Header::new(n, v.clone()))
+            .map(|(n, v)| Header::new(n, v.to_vec()))
             .collect(),
         body,
     };

@@ -493,9 +493,8 @@ impl Exchange {
         if config.enable_debug_logging {
             let headers: Vec<(String, String)> = reply
                 .map
-                .pairs
                 .iter()
-                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
                 .collect();
             log::debug!(
                 "Received sideband response from policy provider:\n{}",

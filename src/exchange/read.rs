@@ -49,10 +49,9 @@ pub enum Announced {
 /// the client sent.
 pub fn headers_of(map: &HeaderMap, marker: &str) -> (Vec<Header>, usize) {
     let mut all: Vec<Header> = map
-        .pairs
         .iter()
         .filter(|(n, _)| !n.starts_with(':'))
-        .map(|(n, v)| Header::new(n, v.clone()))
+        .map(|(n, v)| Header::new(n, v.to_vec()))
         .collect();
     let before = all.len();
     all.retain(|h| h.name != marker);
@@ -62,7 +61,7 @@ pub fn headers_of(map: &HeaderMap, marker: &str) -> (Vec<Header>, usize) {
 
 /// True when the host may have shown only part of the request's headers.
 pub fn truncated(map: &HeaderMap) -> bool {
-    request::header_map_may_be_truncated(map.declared.max(map.pairs.len()))
+    request::header_map_may_be_truncated(map.declared.max(map.len()))
 }
 
 /// How the request announces its body.
@@ -90,11 +89,7 @@ pub fn client_request(
 ) -> Result<(Seen, Announced), Failure> {
     if truncated(map) {
         return Err(Failure::TooManyHeaders {
-            visible: map
-                .pairs
-                .iter()
-                .filter(|(n, _)| !n.starts_with(':'))
-                .count(),
+            visible: map.iter().filter(|(n, _)| !n.starts_with(':')).count(),
         });
     }
     let method = map.text(":method").unwrap_or_default();

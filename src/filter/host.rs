@@ -183,7 +183,7 @@ fn path_bytes(path: &[&str]) -> Vec<u8> {
 impl Host for ProxyHost {
     fn header_map(&mut self, map: Map) -> HeaderMap {
         match raw::header_map(map_type(map)) {
-            Ok(Some(bytes)) => HeaderMap::from_bytes(&bytes),
+            Ok(Some(bytes)) => HeaderMap::from_bytes(bytes),
             _ => HeaderMap::default(),
         }
     }

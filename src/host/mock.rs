@@ -170,12 +170,15 @@ impl MockHost {
 
 impl Host for MockHost {
     fn header_map(&mut self, map: Map) -> HeaderMap {
-        let pairs = self.maps.get(&map).cloned().unwrap_or_default();
+        let pairs = self.maps.get(&map).map_or(&[][..], Vec::as_slice);
         let declared = match map {
             Map::RequestHeaders => self.declared_request_pairs.unwrap_or(pairs.len()),
             _ => pairs.len(),
         };
-        HeaderMap { pairs, declared }
+        HeaderMap::from_pairs(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            declared,
+        )
     }
 
     fn set_header(&mut self, map: Map, name: &str, value: Option<&str>) {

@@ -48,19 +48,44 @@ pub enum MetricKind {
 /// bytes, and the number of pairs the host declared. The two counts differ
 /// when the host truncated the map (Kong's host declares 100 and writes fewer
 /// whole pairs, see [`HeaderMap::from_bytes`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The host's bytes are kept as they came and the pairs are read in place:
+/// no copy per header (a cache hit reads the map and nothing else).
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    pub pairs: Vec<(String, Vec<u8>)>,
+    /// The host's serialized map, then the lossy text of any name that is
+    /// not UTF-8 (so that every name slice is text).
+    bytes: Vec<u8>,
+    /// Each pair's name and value, as `(start, end)` offsets into `bytes`.
+    pairs: Vec<[(usize, usize); 2]>,
     pub declared: usize,
 }
 
 impl HeaderMap {
+    /// The pairs in the host's order: name (text) and value (bytes).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone + '_ {
+        self.pairs.iter().map(|[(ns, ne), (vs, ve)]| {
+            let name = self.bytes.get(*ns..*ne).unwrap_or_default();
+            // Text by construction (`from_bytes` and `from_pairs` check it).
+            let name = std::str::from_utf8(name).unwrap_or_default();
+            (name, self.bytes.get(*vs..*ve).unwrap_or_default())
+        })
+    }
+
+    /// How many pairs the map holds (pseudo-headers included).
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs
-            .iter()
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
     }
 
     /// [`HeaderMap::get`] as text (lossy).
@@ -69,33 +94,102 @@ impl HeaderMap {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// How many lines of a header the map has (case-insensitive name).
+    pub fn lines(&self, name: &str) -> usize {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    /// A map of these pairs (the native mock's maps).
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        declared: usize,
+    ) -> HeaderMap {
+        let mut map = HeaderMap {
+            declared,
+            ..HeaderMap::default()
+        };
+        for (name, value) in pairs {
+            let n = map.append(name.as_bytes());
+            let v = map.append(value);
+            map.pairs.push([n, v]);
+        }
+        map
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        (start, self.bytes.len())
+    }
+
     /// Decodes the proxy-wasm map layout: u32 count, count × (u32 name
     /// length, u32 value length), then each name and value followed by a NUL.
     /// A malformed map yields the pairs read so far: Kong's host sizes a
     /// truncated map's buffer for other pairs than it writes
     /// (`ngx_proxy_wasm_pairs_size` counts 100 list entries and one
     /// pseudo-header, the marshaller writes 4 pseudo-headers and 96 entries).
-    pub fn from_bytes(bytes: &[u8]) -> HeaderMap {
-        let declared = read_u32(bytes, 0).unwrap_or(0);
-        let mut pairs = Vec::new();
+    /// A name that is not UTF-8 is read lossily.
+    pub fn from_bytes(bytes: Vec<u8>) -> HeaderMap {
+        let declared = read_u32(&bytes, 0).unwrap_or(0);
+        let mut map = HeaderMap {
+            pairs: Vec::with_capacity(declared.min(128)),
+            bytes,
+            declared,
+        };
         let mut data = 4usize.saturating_add(declared.saturating_mul(8));
         for i in 0..declared {
             let sizes = 4 + i * 8;
-            let (Some(klen), Some(vlen)) = (read_u32(bytes, sizes), read_u32(bytes, sizes + 4))
+            let (Some(klen), Some(vlen)) =
+                (read_u32(&map.bytes, sizes), read_u32(&map.bytes, sizes + 4))
             else {
                 break;
             };
-            let Some(key) = bytes.get(data..data.saturating_add(klen)) else {
+            let name = (data, data.saturating_add(klen));
+            let Some(key) = map.bytes.get(name.0..name.1) else {
                 break;
             };
-            data = data.saturating_add(klen).saturating_add(1);
-            let Some(value) = bytes.get(data..data.saturating_add(vlen)) else {
-                break;
+            let lossy = match String::from_utf8_lossy(key) {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(text) => Some(text),
             };
-            data = data.saturating_add(vlen).saturating_add(1);
-            pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+            data = name.1.saturating_add(1);
+            let value = (data, data.saturating_add(vlen));
+            if map.bytes.get(value.0..value.1).is_none() {
+                break;
+            }
+            data = value.1.saturating_add(1);
+            let name = match lossy {
+                Some(text) => map.append(text.as_bytes()),
+                None => name,
+            };
+            map.pairs.push([name, value]);
         }
-        HeaderMap { pairs, declared }
+        map
+    }
+}
+
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.declared == other.declared && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderMap")
+            .field(
+                "pairs",
+                &self
+                    .iter()
+                    .map(|(n, v)| (n, String::from_utf8_lossy(v)))
+                    .collect::<Vec<_>>(),
+            )
+            .field("declared", &self.declared)
+            .finish()
     }
 }
 
@@ -172,28 +266,61 @@ mod tests {
     use super::*;
 
     fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let raw: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        encode_raw(&raw)
+    }
+
+    fn encode_raw(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
         for (k, v) in pairs {
             out.extend((k.len() as u32).to_le_bytes());
             out.extend((v.len() as u32).to_le_bytes());
         }
         for (k, v) in pairs {
-            out.extend(k.as_bytes());
+            out.extend(*k);
             out.push(0);
-            out.extend(v.as_bytes());
+            out.extend(*v);
             out.push(0);
         }
         out
     }
 
     #[test]
+    fn a_name_that_is_not_text_is_read_lossily_and_the_pairs_after_it_stay_whole() {
+        let bytes = encode_raw(&[
+            (b"x-\xffbad", b"v\xfe1"),
+            (b"host", b"a"),
+            (b"x-after", b""),
+        ]);
+        let m = HeaderMap::from_bytes(bytes);
+        let pairs: Vec<(&str, &[u8])> = m.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-\u{fffd}bad", &b"v\xfe1"[..]),
+                ("host", b"a"),
+                ("x-after", b""),
+            ]
+        );
+        assert_eq!((m.len(), m.lines("HOST"), m.lines("x-none")), (3, 1, 0));
+        assert_eq!(
+            m,
+            HeaderMap::from_pairs(pairs.iter().copied(), 3),
+            "the same pairs from the mock's constructor"
+        );
+    }
+
+    #[test]
     fn maps_decode_and_a_cut_map_keeps_its_whole_pairs() {
         let bytes = encode(&[(":path", "/x"), ("Host", "a"), ("x-long", "0123456789")]);
-        let m = HeaderMap::from_bytes(&bytes);
+        let m = HeaderMap::from_bytes(bytes.clone());
         assert_eq!(m.declared, 3);
         assert_eq!(m.text("host").as_deref(), Some("a"));
-        let cut = HeaderMap::from_bytes(&bytes[..bytes.len() - 6]);
-        assert_eq!((cut.declared, cut.pairs.len()), (3, 2));
-        assert_eq!(HeaderMap::from_bytes(&[1, 0]), HeaderMap::default());
+        let cut = HeaderMap::from_bytes(bytes[..bytes.len() - 6].to_vec());
+        assert_eq!((cut.declared, cut.len()), (3, 2));
+        assert_eq!(HeaderMap::from_bytes(vec![1, 0]), HeaderMap::default());
     }
 }

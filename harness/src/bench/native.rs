@@ -209,7 +209,7 @@ pub fn run(inputs: &Inputs) -> Result<(Outputs, Phases), String> {
 /// the reply allowed the request unchanged).
 fn hit(
     cache: &mut DecisionCache,
-    identity: &[u8; 32],
+    identity: &cache::KeySalt,
     spec: &config::CacheConfig,
     client: &EmuRequest,
 ) -> bool {
@@ -221,8 +221,8 @@ fn hit(
         identity,
         spec,
         KeyParts {
-            method: &client.method,
-            target: &client.target,
+            method: client.method.as_bytes(),
+            target: client.target.as_bytes(),
             headers,
             client_ip: None,
             body: None,
@@ -267,8 +267,8 @@ fn measure_hits(
         &config.identity,
         &spec,
         KeyParts {
-            method: &inputs.client.method,
-            target: &inputs.client.target,
+            method: inputs.client.method.as_bytes(),
+            target: inputs.client.target.as_bytes(),
             headers,
             client_ip: None,
             body: None,
