@@ -81,7 +81,7 @@ pub struct KeyParts<'a, I> {
     pub method: &'a [u8],
     /// The request target as the client sent it (path and query).
     pub target: &'a [u8],
-    /// The request's headers, in order (names in any case).
+    /// The request's headers, in order (names in any case, as bytes).
     pub headers: I,
     pub client_ip: Option<&'a str>,
     pub body: Option<&'a [u8]>,
@@ -131,7 +131,7 @@ fn put(h: &mut Sha256, tag: u8, bytes: &[u8]) {
 /// identity.
 pub fn key<'a, I>(salt: &KeySalt, spec: &CacheConfig, parts: KeyParts<'a, I>) -> Key
 where
-    I: Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 {
     let mut h = salt.0.clone();
     if spec.key_method {
@@ -156,7 +156,7 @@ where
         for (_, value) in parts
             .headers
             .clone()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
         {
             put(&mut h, TAG_HEADER, value);
             n += 1;
@@ -424,7 +424,10 @@ mod tests {
     }
 
     fn k(spec: &CacheConfig, target: &str, headers: &[(&str, &str)]) -> Key {
-        let hs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let hs: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
         key(
             &KeySalt::new(&[7; 32]),
             spec,
@@ -485,7 +488,7 @@ mod tests {
             KeyParts {
                 method: b"GET",
                 target: b"/x?a=1",
-                headers: [("authorization", b"Bearer A".as_slice())].into_iter(),
+                headers: [(b"authorization".as_slice(), b"Bearer A".as_slice())].into_iter(),
                 client_ip: None,
                 body: None,
             },

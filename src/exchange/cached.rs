@@ -87,8 +87,8 @@ impl Exchange {
         let ip = spec.key_client_ip.then(|| read::client_ip(h));
         let marker = &config.failure_policy.marker_header;
         let headers = map
-            .iter()
-            .filter(|(n, _)| !n.starts_with(':') && !n.eq_ignore_ascii_case(marker));
+            .iter_bytes()
+            .filter(|(n, _)| !n.starts_with(b":") && !n.eq_ignore_ascii_case(marker.as_bytes()));
         let key = cache::key(
             &config.identity,
             spec,
@@ -128,7 +128,7 @@ impl Exchange {
         let headers = seen
             .all_headers
             .iter()
-            .map(|hd| (hd.name.as_str(), hd.value.as_slice()));
+            .map(|hd| (hd.name.as_bytes(), hd.value.as_slice()));
         let key = cache::key(
             &config.identity,
             spec,

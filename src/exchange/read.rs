@@ -67,8 +67,13 @@ pub fn truncated(map: &HeaderMap) -> bool {
 /// How the request announces its body.
 pub fn announced(map: &HeaderMap) -> Announced {
     let by_length = map
-        .text("content-length")
-        .map(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+        .get("content-length")
+        .map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_none_or(|n| n > 0)
+        })
         .unwrap_or(false);
     if by_length {
         Announced::Length

@@ -72,6 +72,16 @@ impl HeaderMap {
         })
     }
 
+    /// [`HeaderMap::iter`] with the names as bytes (nothing to check).
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        self.pairs.iter().map(|[(ns, ne), (vs, ve)]| {
+            (
+                self.bytes.get(*ns..*ne).unwrap_or_default(),
+                self.bytes.get(*vs..*ve).unwrap_or_default(),
+            )
+        })
+    }
+
     /// How many pairs the map holds (pseudo-headers included).
     pub fn len(&self) -> usize {
         self.pairs.len()
@@ -81,11 +91,24 @@ impl HeaderMap {
         self.pairs.is_empty()
     }
 
+    /// The value of each line of a header, by case-insensitive name
+    /// (compared as bytes: no name is decoded).
+    fn values<'m>(&'m self, name: &'m [u8]) -> impl Iterator<Item = &'m [u8]> + 'm {
+        self.pairs.iter().filter_map(move |[(ns, ne), (vs, ve)]| {
+            let n = self.bytes.get(*ns..*ne)?;
+            n.eq_ignore_ascii_case(name)
+                .then(|| self.bytes.get(*vs..*ve).unwrap_or_default())
+        })
+    }
+
     /// The first value of a header, by case-insensitive name.
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+    pub fn get<'m>(&'m self, name: &str) -> Option<&'m [u8]> {
+        let [_, (vs, ve)] = self.pairs.iter().find(|[(ns, ne), _]| {
+            self.bytes
+                .get(*ns..*ne)
+                .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        })?;
+        self.bytes.get(*vs..*ve)
     }
 
     /// [`HeaderMap::get`] as text (lossy).
@@ -96,9 +119,7 @@ impl HeaderMap {
 
     /// How many lines of a header the map has (case-insensitive name).
     pub fn lines(&self, name: &str) -> usize {
-        self.iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.values(name.as_bytes()).count()
     }
 
     /// A map of these pairs (the native mock's maps).
@@ -150,10 +171,9 @@ impl HeaderMap {
             let Some(key) = map.bytes.get(name.0..name.1) else {
                 break;
             };
-            let lossy = match String::from_utf8_lossy(key) {
-                std::borrow::Cow::Borrowed(_) => None,
-                std::borrow::Cow::Owned(text) => Some(text),
-            };
+            let lossy = std::str::from_utf8(key)
+                .is_err()
+                .then(|| String::from_utf8_lossy(key).into_owned());
             data = name.1.saturating_add(1);
             let value = (data, data.saturating_add(vlen));
             if map.bytes.get(value.0..value.1).is_none() {

@@ -216,7 +216,7 @@ fn hit(
     let headers = client
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str(), v.as_slice()));
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()));
     let key = cache::key(
         identity,
         spec,
@@ -262,7 +262,7 @@ fn measure_hits(
         .client
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str(), v.as_slice()));
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()));
     let key = cache::key(
         &config.identity,
         &spec,
