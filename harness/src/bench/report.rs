@@ -58,9 +58,10 @@ pub fn per_request(results: &[ScenarioResult<'_>], baseline: &WasmRun) {
         "   emulator's I/O threads excluded); native: the same core functions on the same inputs"
     );
     println!(
-        "   baseline: a do-nothing filter (harness/noop-filter) on the small GET: median {}, p99 {}",
+        "   baseline: a do-nothing filter (harness/noop-filter) on the small GET: median {}, p99 {}, code {}",
         us(base),
-        us(baseline.own.p99_us)
+        us(baseline.own.p99_us),
+        us(baseline.code.median_us)
     );
     println!(
         "   (the emulator's and Wasmtime's own cost per request); share = wasm median - baseline"
