@@ -33,7 +33,7 @@ build:
 	@if command -v wasm-opt >/dev/null 2>&1; then \
 		echo "wasm-opt -Oz $(WASM) -> dist/ping_auth.wasm"; \
 		wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-			--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+			--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types --enable-simd \
 			$(WASM) -o dist/ping_auth.wasm; \
 	else \
 		echo "wasm-opt not found (Debian: binaryen): copying the unoptimised module"; \

@@ -16,6 +16,7 @@ pub const WASM_OPT_FLAGS: &[&str] = &[
     "--enable-nontrapping-float-to-int",
     "--enable-multivalue",
     "--enable-reference-types",
+    "--enable-simd",
 ];
 
 /// Runs `wasm-opt` on `input`; `Ok(None)` when it is not on PATH.
