@@ -64,12 +64,9 @@ pub struct HeaderMap {
 impl HeaderMap {
     /// The pairs in the host's order: name (text) and value (bytes).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone + '_ {
-        self.pairs.iter().map(|[(ns, ne), (vs, ve)]| {
-            let name = self.bytes.get(*ns..*ne).unwrap_or_default();
-            // Text by construction (`from_bytes` and `from_pairs` check it).
-            let name = std::str::from_utf8(name).unwrap_or_default();
-            (name, self.bytes.get(*vs..*ve).unwrap_or_default())
-        })
+        // Names are text by construction (`from_bytes` and `from_pairs`).
+        self.iter_bytes()
+            .map(|(n, v)| (std::str::from_utf8(n).unwrap_or_default(), v))
     }
 
     /// [`HeaderMap::iter`] with the names as bytes (nothing to check).
@@ -93,22 +90,15 @@ impl HeaderMap {
 
     /// The value of each line of a header, by case-insensitive name
     /// (compared as bytes: no name is decoded).
-    fn values<'m>(&'m self, name: &'m [u8]) -> impl Iterator<Item = &'m [u8]> + 'm {
-        self.pairs.iter().filter_map(move |[(ns, ne), (vs, ve)]| {
-            let n = self.bytes.get(*ns..*ne)?;
-            n.eq_ignore_ascii_case(name)
-                .then(|| self.bytes.get(*vs..*ve).unwrap_or_default())
-        })
+    fn values<'m, 'n>(&'m self, name: &'n str) -> impl Iterator<Item = &'m [u8]> + use<'m, 'n> {
+        self.iter_bytes()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// The first value of a header, by case-insensitive name.
-    pub fn get<'m>(&'m self, name: &str) -> Option<&'m [u8]> {
-        let [_, (vs, ve)] = self.pairs.iter().find(|[(ns, ne), _]| {
-            self.bytes
-                .get(*ns..*ne)
-                .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-        })?;
-        self.bytes.get(*vs..*ve)
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.values(name).next()
     }
 
     /// [`HeaderMap::get`] as text (lossy).
@@ -119,7 +109,7 @@ impl HeaderMap {
 
     /// How many lines of a header the map has (case-insensitive name).
     pub fn lines(&self, name: &str) -> usize {
-        self.values(name.as_bytes()).count()
+        self.values(name).count()
     }
 
     /// A map of these pairs (the native mock's maps).
@@ -154,37 +144,43 @@ impl HeaderMap {
     /// A name that is not UTF-8 is read lossily.
     pub fn from_bytes(bytes: Vec<u8>) -> HeaderMap {
         let declared = read_u32(&bytes, 0).unwrap_or(0);
-        let mut map = HeaderMap {
-            pairs: Vec::with_capacity(declared.min(128)),
-            bytes,
-            declared,
-        };
+        let mut pairs = Vec::with_capacity(declared.min(128));
+        // (pair, its name as text) for names that are not UTF-8: appended
+        // after the whole map is read, so that no range of the host's bytes
+        // can reach into them.
+        let mut lossy = Vec::new();
         let mut data = 4usize.saturating_add(declared.saturating_mul(8));
         for i in 0..declared {
             let sizes = 4 + i * 8;
-            let (Some(klen), Some(vlen)) =
-                (read_u32(&map.bytes, sizes), read_u32(&map.bytes, sizes + 4))
+            let (Some(klen), Some(vlen)) = (read_u32(&bytes, sizes), read_u32(&bytes, sizes + 4))
             else {
                 break;
             };
             let name = (data, data.saturating_add(klen));
-            let Some(key) = map.bytes.get(name.0..name.1) else {
+            let Some(key) = bytes.get(name.0..name.1) else {
                 break;
             };
-            let lossy = std::str::from_utf8(key)
-                .is_err()
-                .then(|| String::from_utf8_lossy(key).into_owned());
             data = name.1.saturating_add(1);
             let value = (data, data.saturating_add(vlen));
-            if map.bytes.get(value.0..value.1).is_none() {
+            if bytes.get(value.0..value.1).is_none() {
                 break;
             }
             data = value.1.saturating_add(1);
-            let name = match lossy {
-                Some(text) => map.append(text.as_bytes()),
-                None => name,
-            };
-            map.pairs.push([name, value]);
+            if std::str::from_utf8(key).is_err() {
+                lossy.push((pairs.len(), String::from_utf8_lossy(key).into_owned()));
+            }
+            pairs.push([name, value]);
+        }
+        let mut map = HeaderMap {
+            bytes,
+            pairs,
+            declared,
+        };
+        for (i, text) in lossy {
+            let name = map.append(text.as_bytes());
+            if let Some([n, _]) = map.pairs.get_mut(i) {
+                *n = name;
+            }
         }
         map
     }
@@ -331,6 +327,17 @@ mod tests {
             HeaderMap::from_pairs(pairs.iter().copied(), 3),
             "the same pairs from the mock's constructor"
         );
+    }
+
+    #[test]
+    fn a_cut_value_stays_cut_after_a_name_that_is_not_text() {
+        // The last value lacks 3 of its bytes; the lossy name's text (5
+        // bytes, kept in the same buffer) must not make up for them.
+        let bytes = encode_raw(&[(b"x-\xff", b"v"), (b"host", b"abcdef")]);
+        let cut = HeaderMap::from_bytes(bytes[..bytes.len() - 3].to_vec());
+        let pairs: Vec<(&str, &[u8])> = cut.iter().collect();
+        assert_eq!(pairs, [("x-\u{fffd}", &b"v"[..])]);
+        assert_eq!(cut.declared, 2);
     }
 
     #[test]
