@@ -38,7 +38,7 @@ const BIG: usize = 1 << 20;
 /// The body variant of request `n`: no trailing newline, one, or empty; a
 /// 1 MiB one every [`BIG_EVERY`].
 fn body_for(prefix: &str, who: &str, n: usize) -> Vec<u8> {
-    if n % BIG_EVERY == 0 {
+    if n.is_multiple_of(BIG_EVERY) {
         let mut b = format!("{prefix} {who} ").into_bytes();
         b.resize(BIG, b'x');
         return b;
